@@ -1,0 +1,2 @@
+"""VIMCAN Studio application: the desktop window (Qt lives only in this package) and the
+``vimcan`` command line."""

@@ -1,0 +1,1 @@
+"""Sensor layer: device drivers, sample buffers and time synchronisation. No Qt here."""

@@ -1,0 +1,30 @@
+"""Shared test fixtures: where the real data is, and a per-test output folder."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("VIMCAN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+OUTPUT_ROOT = ROOT / "test-output"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` (real CMU motion, IMU recordings, videos); skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def output_dir(request: pytest.FixtureRequest) -> Path:
+    """A folder kept after the run (screenshots, takes): test-output/<test name>/."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid.replace("tests/", ""))
+    path = OUTPUT_ROOT / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

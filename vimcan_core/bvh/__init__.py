@@ -1,0 +1,1 @@
+"""BVH motion files: reading with forward kinematics (``reader``) and writing (``writer``)."""
