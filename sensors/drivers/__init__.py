@@ -1,0 +1,1 @@
+"""Drivers for real sensors; each module holds one device class (imported on demand)."""
