@@ -1,0 +1,148 @@
+"""The devices panel: each sensor and camera with its state, rate, last-sample age, battery and
+losses; connect and disconnect one device or all of them; discover new ones.
+
+It works on ``sensors.device.Device`` objects (``device_id``, ``kind``, ``stats()``,
+``start()``, ``stop()``), whatever their driver, and refreshes from a timer of the main window
+(``refresh``); stats are read under each device's own lock, so this never blocks on a device.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from app.views.palette import ERROR_RGB, OK_RGB, TEXT_RGB, WARN_RGB
+from sensors.device import Device, DeviceState
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("Device", "Kind", "State", "Rate", "Last sample", "Battery", "Dropped")
+STATE_RGB = {
+    DeviceState.STREAMING: OK_RGB,
+    DeviceState.CONNECTING: WARN_RGB,
+    DeviceState.RECONNECTING: WARN_RGB,
+    DeviceState.STALLED: WARN_RGB,
+    DeviceState.DISCONNECTED: ERROR_RGB,
+    DeviceState.STOPPED: (148, 163, 184),
+    DeviceState.IDLE: (148, 163, 184),
+}
+
+
+class DevicesPanel(QtWidgets.QWidget):
+    """A table of devices with connect / disconnect / discover buttons.
+
+    ``devices`` is a callable returning the current devices (the pipeline's), so that the
+    table follows devices added by discovery. ``discover`` (optional) searches for devices
+    and returns how many were added; it runs in the UI thread only if it is quick, so pass a
+    function that starts a background search.
+    """
+
+    devices_changed = QtCore.Signal()
+
+    def __init__(self, devices: Callable[[], Sequence[Device]], discover: Callable[[], object] | None = None,
+                 parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._devices = devices
+        self._discover = discover
+        self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setAlternatingRowColors(True)
+
+        self.connect_button = QtWidgets.QPushButton("Connect")
+        self.disconnect_button = QtWidgets.QPushButton("Disconnect")
+        self.connect_all_button = QtWidgets.QPushButton("Connect all")
+        self.disconnect_all_button = QtWidgets.QPushButton("Disconnect all")
+        self.discover_button = QtWidgets.QPushButton("Discover…")
+        self.discover_button.setEnabled(discover is not None)
+        self.discover_button.setToolTip("Search serial ports and Bluetooth for IMUs and cameras")
+        self.connect_button.clicked.connect(lambda: self._apply_selected(True))
+        self.disconnect_button.clicked.connect(lambda: self._apply_selected(False))
+        self.connect_all_button.clicked.connect(lambda: self.set_all_connected(True))
+        self.disconnect_all_button.clicked.connect(lambda: self.set_all_connected(False))
+        self.discover_button.clicked.connect(self._on_discover)
+
+        buttons = QtWidgets.QHBoxLayout()
+        for b in (self.connect_button, self.disconnect_button, self.connect_all_button,
+                  self.disconnect_all_button):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        buttons.addWidget(self.discover_button)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.table)
+        layout.addLayout(buttons)
+        self.refresh()
+
+    # ------------------------------------------------------------------ actions
+    def set_connected(self, device: Device, connected: bool) -> None:
+        """Start or stop one device's thread (the pipeline keeps reading its buffer)."""
+        if connected and not device.running:
+            log.info("connecting %s", device.device_id)
+            device.start()
+        elif not connected and device.running:
+            log.info("disconnecting %s", device.device_id)
+            device.stop()
+        self.refresh()
+        self.devices_changed.emit()
+
+    def set_all_connected(self, connected: bool) -> None:
+        for device in self._devices():
+            self.set_connected(device, connected)
+
+    def _apply_selected(self, connected: bool) -> None:
+        rows = {i.row() for i in self.table.selectedIndexes()}
+        devices = list(self._devices())
+        for row in sorted(rows):
+            if row < len(devices):
+                self.set_connected(devices[row], connected)
+
+    def _on_discover(self) -> None:
+        if self._discover is None:
+            return
+        try:
+            self._discover()
+        except Exception as exc:  # discovery errors are the user's business: show them in the log
+            log.error("device discovery failed: %s", exc)
+        self.refresh()
+
+    # ------------------------------------------------------------------ display
+    def refresh(self) -> None:
+        devices = list(self._devices())
+        if self.table.rowCount() != len(devices):
+            self.table.setRowCount(len(devices))
+        for row, device in enumerate(devices):
+            st = device.stats()
+            age = "–" if st.last_sample_age_s is None else (
+                f"{st.last_sample_age_s * 1000:.0f} ms" if st.last_sample_age_s < 10 else f"{st.last_sample_age_s:.0f} s")
+            battery = "–" if st.battery_pct is None else f"{st.battery_pct:.0f} %"
+            values = (
+                device.device_id,
+                device.kind.value,
+                st.state.value,
+                f"{st.rate_hz:5.1f} Hz",
+                age,
+                battery,
+                f"{st.dropped}" + (f" (+{st.corrupt} bad)" if st.corrupt else ""),
+            )
+            for col, text in enumerate(values):
+                item = self.table.item(row, col)
+                if item is None:
+                    item = QtWidgets.QTableWidgetItem()
+                    self.table.setItem(row, col, item)
+                if item.text() != text:
+                    item.setText(text)
+                if col == 2:
+                    item.setForeground(QtGui.QColor(*STATE_RGB.get(st.state, TEXT_RGB)))
+                    item.setToolTip(st.last_error or "")
+
+    def row_texts(self) -> list[tuple[str, ...]]:
+        """The table as text (for tests and the headless report)."""
+        return [tuple(self.table.item(r, c).text() if self.table.item(r, c) else "" for c in range(len(COLUMNS)))
+                for r in range(self.table.rowCount())]

@@ -1,0 +1,108 @@
+"""Inference status: what produces the pose (a prominent badge), on which backend, how fast, how
+late, how many frames were dropped, and what the inputs are doing (camera lost, IMU missing).
+
+The badge is amber when the pose is the simulation's ground truth (no model weights), green for
+the VIMCAN model, red when the pose is frozen; the text says which, so colour is never the only cue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from PySide6 import QtWidgets
+
+from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, hex_rgb
+
+
+class InputHealth(Enum):
+    """How complete the inputs of the latest pose were."""
+
+    ALL = "all inputs"  # camera and six IMUs
+    DEGRADED = "degraded"  # camera lost or some IMUs missing: the pose goes on with lower confidence
+    FROZEN = "frozen"  # nothing arrives: the pose is held and the reason shown
+    WAITING = "waiting"  # no frame yet
+
+
+@dataclass(frozen=True)
+class InferenceStatus:
+    """Everything the panel shows, gathered by the main window once per refresh."""
+
+    source: str = "no pose source"  # PoseFrame.source, e.g. "simulation ground truth"
+    is_model: bool = False  # True when a network produces the pose
+    backend: str = "–"  # e.g. "cpu, torch 2.13" or "cuda:0, mamba_ssm"
+    poses_per_s: float = 0.0
+    latency_median_ms: float | None = None
+    latency_p95_ms: float | None = None
+    dropped_frames: int = 0
+    health: InputHealth = InputHealth.WAITING
+    health_detail: str = ""  # e.g. "camera lost: running on IMUs (lower confidence)"
+    confidence: float | None = None
+
+
+def badge_colour(status: InferenceStatus) -> tuple[int, int, int]:
+    if status.health == InputHealth.FROZEN:
+        return ERROR_RGB
+    return OK_RGB if status.is_model else WARN_RGB
+
+
+class StatusPanel(QtWidgets.QWidget):
+    """A compact panel: the pose-source badge on top, then a small table of numbers."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.source_label = QtWidgets.QLabel("waiting for poses…")
+        self.source_label.setObjectName("poseSourceLabel")
+        self.source_label.setWordWrap(True)
+        self._values: dict[str, QtWidgets.QLabel] = {}
+        form = QtWidgets.QFormLayout()
+        form.setHorizontalSpacing(14)
+        for key, title in (("backend", "Backend"), ("rate", "Poses / s"), ("latency", "Latency"),
+                           ("dropped", "Dropped frames"), ("inputs", "Inputs")):
+            label = QtWidgets.QLabel("–")
+            label.setWordWrap(True)
+            self._values[key] = label
+            form.addRow(title, label)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.source_label)
+        layout.addLayout(form)
+        layout.addStretch(1)
+        self.status = InferenceStatus()
+        self.show_status(self.status)
+
+    def show_status(self, status: InferenceStatus) -> None:
+        self.status = status
+        rgb = badge_colour(status)
+        kind = "MODEL" if status.is_model else "GROUND TRUTH"
+        text = f"Pose source: {status.source}"
+        if status.health == InputHealth.FROZEN:
+            text = f"FROZEN: {status.health_detail or 'no input'}"
+        elif not status.is_model and status.source != "no pose source":
+            text += f"  [{kind}: not the model]"
+        self.source_label.setText(text)
+        self.source_label.setStyleSheet(
+            f"background: {hex_rgb(rgb)}; color: #11141a; font-weight: bold; padding: 4px 10px; border-radius: 4px;")
+        v = self._values
+        v["backend"].setText(status.backend)
+        v["rate"].setText(f"{status.poses_per_s:.1f}")
+        if status.latency_median_ms is None:
+            v["latency"].setText("–")
+        else:
+            p95 = "" if status.latency_p95_ms is None else f" (p95 {status.latency_p95_ms:.0f} ms)"
+            v["latency"].setText(f"{status.latency_median_ms:.0f} ms median{p95}")
+        v["dropped"].setText(str(status.dropped_frames))
+        v["dropped"].setStyleSheet(f"color: {hex_rgb(WARN_RGB)};" if status.dropped_frames else "")
+        detail = status.health_detail or status.health.value
+        if status.confidence is not None and status.health != InputHealth.WAITING:
+            detail += f" · confidence {status.confidence:.2f}"
+        v["inputs"].setText(detail)
+        health_rgb = {InputHealth.ALL: OK_RGB, InputHealth.DEGRADED: WARN_RGB, InputHealth.FROZEN: ERROR_RGB}
+        v["inputs"].setStyleSheet(f"color: {hex_rgb(health_rgb[status.health])};"
+                                  if status.health in health_rgb else "")
+
+    def summary(self) -> str:
+        """One line for the status bar."""
+        s = self.status
+        lat = "–" if s.latency_median_ms is None else f"{s.latency_median_ms:.0f} ms"
+        return f"{s.source} | {s.backend} | {s.poses_per_s:.1f} poses/s | latency {lat} | dropped {s.dropped_frames}"

@@ -1,0 +1,128 @@
+"""The studio's settings, persisted between runs with ``QSettings``.
+
+The values live in one frozen dataclass (``StudioSettings``); ``load_settings`` and
+``save_settings`` convert to and from ``QSettings`` keys (``group/field``). Unknown or
+malformed stored values fall back to the defaults with a warning, so a settings file from an
+older version never stops the studio from starting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from PySide6 import QtCore
+
+log = logging.getLogger(__name__)
+
+ORGANISATION = "VIMCAN"
+APPLICATION = "VIMCAN Studio"
+
+
+class Units(Enum):
+    """Length units for export and display."""
+
+    METRES = "m"
+    CENTIMETRES = "cm"
+
+
+class PoseSourceChoice(Enum):
+    """What drives the skeleton: the VIMCAN model when weights are present, or the simulation's truth."""
+
+    AUTO = "auto"  # the model when its weights are found, else ground truth (demo)
+    MODEL = "model"
+    GROUND_TRUTH = "ground_truth"
+
+
+@dataclass(frozen=True)
+class BvhOptions:
+    rotation_order: str = "zyx"  # Euler order of the joint channels (BVH readers differ; zyx is the most common)
+    units: Units = Units.CENTIMETRES  # most BVH tools expect centimetres
+    fps: int = 30  # frame rate of exported files (the camera rate)
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    devices: tuple[str, ...] = ("sim",)  # device specs to connect at start (``vimcan devices`` lists them)
+    camera: str = "sim"  # camera spec: "sim", a webcam index ("0"), a video file or a URL
+    model_path: str = ""  # streaming checkpoint; empty = the shipped resources/models/vimcan-t-streaming.pt
+    pose_source: PoseSourceChoice = PoseSourceChoice.AUTO
+    units: Units = Units.METRES
+    bvh: BvhOptions = field(default_factory=BvhOptions)
+    last_profile: str = ""  # calibration profile name selected last time
+    takes_dir: str = str(Path.home() / "VIMCAN" / "takes")  # where takes are recorded
+    record_countdown_s: int = 0  # seconds of countdown before recording starts (0 = none)
+    follow_performer: bool = False  # the 3D view keeps the performer centred
+
+
+def _convert(value: object, default: object) -> object:
+    """A stored QSettings value (often a string under INI) -> the type of ``default``."""
+    if isinstance(default, Enum):
+        return type(default)(value)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            return tuple(v for v in value.split(",") if v) if value else ()
+        return tuple(str(v) for v in value)
+    return str(value)
+
+
+def _store(value: object) -> object:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return value
+
+
+def _load_dataclass(cls: type, qs: QtCore.QSettings, group: str) -> object:
+    defaults = cls()
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        default = getattr(defaults, f.name)
+        key = f"{group}/{f.name}" if group else f.name
+        if dataclasses.is_dataclass(default):
+            kwargs[f.name] = _load_dataclass(type(default), qs, key)
+            continue
+        if not qs.contains(key):
+            continue
+        try:
+            kwargs[f.name] = _convert(qs.value(key), default)
+        except (ValueError, TypeError) as exc:
+            log.warning("settings %s: ignoring stored value %r (%s); using %r", key, qs.value(key), exc, default)
+    return cls(**kwargs)
+
+
+def _save_dataclass(obj: object, qs: QtCore.QSettings, group: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{group}/{f.name}" if group else f.name
+        if dataclasses.is_dataclass(value):
+            _save_dataclass(value, qs, key)
+        else:
+            qs.setValue(key, _store(value))
+
+
+def open_qsettings(path: Path | None = None) -> QtCore.QSettings:
+    """The user's settings (platform default location), or an INI file at ``path`` (tests, portable use)."""
+    if path is not None:
+        return QtCore.QSettings(str(path), QtCore.QSettings.Format.IniFormat)
+    return QtCore.QSettings(ORGANISATION, APPLICATION)
+
+
+def load_settings(qs: QtCore.QSettings | None = None) -> StudioSettings:
+    return _load_dataclass(StudioSettings, qs or open_qsettings(), "studio")  # type: ignore[return-value]
+
+
+def save_settings(settings: StudioSettings, qs: QtCore.QSettings | None = None) -> None:
+    qs = qs or open_qsettings()
+    _save_dataclass(settings, qs, "studio")
+    qs.sync()

@@ -1,0 +1,150 @@
+"""``vimcan-studio``: the desktop window.
+
+``--demo`` runs the simulated performer and sensors through the real pipeline. Without a display
+(or with ``--headless``) the same demo runs under a virtual X server (Xvfb, started here through
+pyvirtualdisplay) for ``--seconds``, records a take, saves a screenshot of the window and prints
+where both are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEADLESS_SECONDS = 20.0
+SCREEN_SIZE = (1600, 1000)
+
+
+def configure_qt_application() -> None:
+    """Qt attributes that must be set before the QApplication exists (idempotent).
+
+    pyqtgraph caches GL shader programs per item class, so all GL widgets must share contexts."""
+    from PySide6 import QtCore
+
+    QtCore.QCoreApplication.setAttribute(QtCore.Qt.ApplicationAttribute.AA_ShareOpenGLContexts, True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vimcan_core import __version__
+
+    p = argparse.ArgumentParser(
+        prog="vimcan-studio",
+        description="VIMCAN Studio: live motion capture from a webcam and six IMUs, fused by the VIMCAN network.",
+    )
+    p.add_argument("--version", action="version", version=f"vimcan-studio {__version__}")
+    p.add_argument("--demo", action="store_true", help="simulated performer and sensors (no hardware needed)")
+    p.add_argument("--headless", action="store_true",
+                   help="no window on screen: run under Xvfb for --seconds, save a screenshot and a take")
+    p.add_argument("--seconds", type=float, default=DEFAULT_HEADLESS_SECONDS,
+                   help=f"how long the headless run lasts (default {DEFAULT_HEADLESS_SECONDS:.0f})")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the headless screenshot and take")
+    p.add_argument("--settings", type=Path, default=None, help="use this INI file instead of the user's settings")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return p
+
+
+def display_available() -> bool:
+    if sys.platform.startswith(("win", "darwin")):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    headless = args.headless or not display_available()
+    display = None
+    if headless:
+        if not args.headless:
+            print("vimcan-studio: no display found ($DISPLAY is empty): running the demo headless under Xvfb "
+                  f"for {args.seconds:.0f} s.", flush=True)
+        else:
+            print(f"vimcan-studio: headless run under Xvfb for {args.seconds:.0f} s.", flush=True)
+        display = _start_virtual_display()
+        args.demo = True
+    try:
+        return _run(args, headless)
+    finally:
+        if display is not None:
+            display.stop()
+
+
+def _start_virtual_display():
+    try:
+        from pyvirtualdisplay import Display
+    except ImportError:
+        raise SystemExit("vimcan-studio: no display and pyvirtualdisplay is not installed. "
+                         "Install it with `.venv/bin/pip install PyVirtualDisplay` and Xvfb with "
+                         "`sudo apt-get install xvfb`, or run under a desktop session.")
+    try:
+        display = Display(visible=False, size=SCREEN_SIZE, color_depth=24)
+        display.start()
+    except Exception as exc:  # Xvfb missing: say how to get it
+        raise SystemExit(f"vimcan-studio: could not start Xvfb ({exc}). Install it with "
+                         "`sudo apt-get install xvfb libxcb-icccm4 libxcb-keysyms1`.")
+    os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    return display
+
+
+def _run(args: argparse.Namespace, headless: bool) -> int:
+    configure_qt_application()
+    from PySide6 import QtWidgets
+
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import load_settings, open_qsettings
+    from app.views.palette import apply_dark_theme
+
+    qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    qapp.setApplicationName("VIMCAN Studio")
+    qapp.setOrganizationName("VIMCAN")
+    apply_dark_theme(qapp)
+    qsettings = open_qsettings(args.settings)
+    settings = load_settings(qsettings)
+    window = MainWindow(StudioOptions(demo=args.demo or True), settings=settings, qsettings=qsettings)
+    window.resize(1500, 920)
+    window.show()
+    if not headless:
+        window.start()
+        return qapp.exec()
+    return _run_headless(qapp, window, args)
+
+
+def _run_headless(qapp, window, args: argparse.Namespace) -> int:
+    """Start the pipeline, record for ``args.seconds``, screenshot, stop: all from Qt timers."""
+    from PySide6 import QtCore
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    window.set_takes_dir(out / "takes")
+    window.start()
+    result: dict[str, object] = {}
+
+    def begin() -> None:
+        result["take_started"] = window.record_panel.start()
+
+    def finish() -> None:
+        shot = out / "studio.png"
+        window.save_screenshot(shot)
+        result["screenshot"] = shot
+        result["take"] = window.record_panel.stop()
+        result["frames"] = window.bridge.stats().frames
+        window.close()
+        qapp.quit()
+
+    QtCore.QTimer.singleShot(500, begin)
+    QtCore.QTimer.singleShot(int(args.seconds * 1000), finish)
+    qapp.exec()
+    print(f"vimcan-studio: ran the demo for {args.seconds:.0f} s ({result.get('frames', 0)} poses shown).")
+    print(f"  screenshot: {result.get('screenshot')}")
+    print(f"  take:       {result.get('take')}")
+    return 0 if result.get("take") and result.get("screenshot") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The views, panels, bridge and settings of the studio, each on its own (pytest-qt under Xvfb).
+
+The 3D view is checked on its pixels: the OpenGL framebuffer is read back, the left and right
+bone colours are counted and located against the joints projected by the view's own camera
+matrices, and the pixels must follow a change of pose.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from app.views.palette import FRUSTUM_RGB, LEFT_BONES, LEFT_RGB, RIGHT_BONES, RIGHT_RGB  # noqa: E402
+from vimcan_core.camera import PinholeCamera  # noqa: E402
+from vimcan_core.kinematics import forward_kinematics  # noqa: E402
+from vimcan_core.rotations import quat_from_axis_angle  # noqa: E402
+from vimcan_core.skeleton import NUM_IMUS, NUM_JOINTS, Joint, default_rest_pose  # noqa: E402
+
+COLOUR_TOL = 10  # per channel, 0-255
+
+
+def colour_mask(img: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+    return np.all(np.abs(img.astype(np.int32) - np.array(rgb)) <= COLOUR_TOL, axis=-1)
+
+
+def distance_to_segments(points: np.ndarray, seg_a: np.ndarray, seg_b: np.ndarray) -> np.ndarray:
+    """N x 2 points, S x 2 segment ends -> N distances to the nearest segment (pixels)."""
+    d = seg_b - seg_a  # S x 2
+    t = np.einsum("nsk,sk->ns", points[:, None, :] - seg_a[None], d) / np.maximum((d * d).sum(-1), 1e-9)
+    t = np.clip(t, 0.0, 1.0)
+    nearest = seg_a[None] + t[..., None] * d[None]  # N x S x 2
+    return np.linalg.norm(points[:, None, :] - nearest, axis=-1).min(axis=1)
+
+
+def pose_with_left_arm(angle_deg: float) -> np.ndarray:
+    """The T-pose with the left arm rotated about the body's forward axis (positive = up), J x 3 world."""
+    rest = default_rest_pose()
+    local = np.tile([1.0, 0.0, 0.0, 0.0], (NUM_JOINTS, 1))
+    local[Joint.LEFT_SHOULDER] = quat_from_axis_angle(np.array([0.0, 0.0, 1.0]), np.radians(angle_deg))
+    joints, _ = forward_kinematics(local, rest.offsets_m[0], rest)
+    return joints
+
+
+@pytest.fixture
+def skeleton_view(qtbot):
+    from app.views.skeleton_view import SkeletonView
+
+    view = SkeletonView()
+    qtbot.addWidget(view)
+    view.resize(640, 480)
+    view.show()
+    qtbot.waitExposed(view)
+    return view
+
+
+def render(qtbot, view) -> np.ndarray:
+    qtbot.wait(30)
+    return view.grab_rgb()
+
+
+def test_skeleton_pixels_are_on_the_projected_bones(qtbot, skeleton_view, output_dir):
+    joints = pose_with_left_arm(0.0)
+    skeleton_view.set_pose(joints)
+    img = render(qtbot, skeleton_view)
+    px = skeleton_view.project_world(joints)  # J x 2
+    assert img.shape[:2] == (480, 640)
+    for rgb, bones, other in ((LEFT_RGB, LEFT_BONES, RIGHT_BONES), (RIGHT_RGB, RIGHT_BONES, LEFT_BONES)):
+        mask = colour_mask(img, rgb)
+        ys, xs = np.nonzero(mask)
+        assert len(xs) > 300, f"only {len(xs)} pixels of colour {rgb}"
+        pts = np.column_stack((xs, ys)).astype(float)
+        a = px[[b[0] for b in bones]]
+        b = px[[b[1] for b in bones]]
+        dist = distance_to_segments(pts, a, b)
+        assert np.percentile(dist, 99) < 4.0, f"{rgb} pixels away from their bones: {np.percentile(dist, 99):.1f} px"
+        # and every bone of that side is drawn: sample its middle
+        for (pa, pb) in zip(a, b):
+            mid = np.round((pa + pb) / 2).astype(int)
+            window = mask[mid[1] - 3: mid[1] + 4, mid[0] - 3: mid[0] + 4]
+            assert window.any(), f"no {rgb} pixel at bone middle {mid}"
+        # no pixel of this colour along the other side's bones (sides are not swapped)
+        oa, ob = px[[b[0] for b in other]], px[[b[1] for b in other]]
+        lengths = np.linalg.norm(ob - oa, axis=1)
+        assert np.mean(distance_to_segments(pts, oa, ob) < 2.0) < 0.1 or lengths.min() < 5
+    # seen from the front the performer's left (+X) is on the right of the picture
+    assert np.nonzero(colour_mask(img, LEFT_RGB))[1].mean() > np.nonzero(colour_mask(img, RIGHT_RGB))[1].mean()
+    skeleton_view.gl_widget.grabFramebuffer().save(str(output_dir / "skeleton_tpose.png"))
+
+
+def test_skeleton_pixels_follow_the_pose(qtbot, skeleton_view, output_dir):
+    down = pose_with_left_arm(-75.0)
+    up = pose_with_left_arm(60.0)
+    skeleton_view.set_pose(down)
+    img_down = render(qtbot, skeleton_view)
+    skeleton_view.set_pose(up)
+    img_up = render(qtbot, skeleton_view)
+    skeleton_view.gl_widget.grabFramebuffer().save(str(output_dir / "skeleton_arm_up.png"))
+    left_down, left_up = colour_mask(img_down, LEFT_RGB), colour_mask(img_up, LEFT_RGB)
+    wrist_down = skeleton_view.project_world(down)[Joint.LEFT_WRIST]
+    wrist_up = skeleton_view.project_world(up)[Joint.LEFT_WRIST]
+    assert wrist_up[1] < wrist_down[1] - 50, "the raised wrist must project higher on screen"
+    # the left-coloured pixels moved up with the arm; the right side did not move
+    assert np.nonzero(left_up)[0].mean() < np.nonzero(left_down)[0].mean() - 10
+    assert np.array_equal(colour_mask(img_down, RIGHT_RGB), colour_mask(img_up, RIGHT_RGB))
+    changed = np.any(img_down != img_up, axis=-1).sum()
+    assert changed > 500
+    # near the old forearm there is no left colour any more, near the new one there is
+    def near(mask, p, r=4):
+        x, y = np.round(p).astype(int)
+        return mask[y - r: y + r + 1, x - r: x + r + 1].any()
+    elbow_down = skeleton_view.project_world(down)[Joint.LEFT_ELBOW]
+    mid_down = (elbow_down + wrist_down) / 2
+    elbow_up = skeleton_view.project_world(up)[Joint.LEFT_ELBOW]
+    mid_up = (elbow_up + wrist_up) / 2
+    assert near(left_down, mid_down) and not near(left_up, mid_down)
+    assert near(left_up, mid_up) and not near(left_down, mid_up)
+
+
+def test_clearing_the_pose_removes_the_skeleton(qtbot, skeleton_view):
+    skeleton_view.set_pose(pose_with_left_arm(0.0))
+    assert colour_mask(render(qtbot, skeleton_view), LEFT_RGB).sum() > 300
+    skeleton_view.set_pose(None)
+    img = render(qtbot, skeleton_view)
+    assert colour_mask(img, LEFT_RGB).sum() == 0 and colour_mask(img, RIGHT_RGB).sum() == 0
+    assert skeleton_view.shown_joints_world_m is None
+
+
+def test_camera_frustum_is_drawn_towards_the_camera(qtbot, skeleton_view):
+    from app.views.skeleton_view import camera_frustum_world
+
+    camera = PinholeCamera.looking_at(np.array([1.5, 1.3, 3.0]), np.array([0.0, 1.0, 0.0]))
+    segs = camera_frustum_world(camera, depth_m=0.5)
+    assert segs.shape == (16, 3)
+    np.testing.assert_allclose(segs[0], camera.position_world_m)
+    # the far corners are 0.5 m in front of the camera and project onto the image corners
+    corners_cam = camera.world_to_camera(segs[1:8:2])
+    np.testing.assert_allclose(corners_cam[:, 2], 0.5, atol=1e-9)
+    np.testing.assert_allclose(camera.project(segs[1:8:2]), [[0, 0], [640, 0], [640, 480], [0, 480]], atol=1e-6)
+    skeleton_view.gl_widget.setCameraPosition(distance=8.0)
+    before = render(qtbot, skeleton_view)
+    skeleton_view.set_camera(camera)
+    after = render(qtbot, skeleton_view)
+    apex = skeleton_view.project_world(np.array([camera.position_world_m]))[0]
+    x, y = np.round(apex).astype(int)
+    assert not np.array_equal(before, after)
+    frustum_like = np.abs(after[y - 4: y + 5, x - 4: x + 5].astype(int) - FRUSTUM_RGB).sum(-1).min()
+    assert frustum_like < 120, "the frustum's apex should be drawn at the camera's position"
+
+
+def test_follow_moves_the_view_centre_to_the_performer(qtbot, skeleton_view):
+    joints = pose_with_left_arm(0.0) + np.array([2.0, 0.0, -1.0])  # performer walked away
+    skeleton_view.set_follow(True)
+    for _ in range(60):
+        skeleton_view.set_pose(joints)
+    c = skeleton_view.gl_widget.opts["center"]
+    # GL is Z up: world x -> x, world z -> -y
+    assert c.x() == pytest.approx(2.0, abs=0.01) and c.y() == pytest.approx(1.0, abs=0.01)
+    px = skeleton_view.project_world(joints[:1])[0]
+    assert abs(px[0] - 320) < 5  # pelvis in the horizontal middle of the view
+
+
+def test_keypoints_view_draws_sides_and_reports_missing_camera(qtbot, output_dir):
+    from app.views.keypoints_view import KeypointsView
+
+    view = KeypointsView()
+    qtbot.addWidget(view)
+    view.resize(480, 360)
+    view.show()
+    qtbot.waitExposed(view)
+    camera = PinholeCamera.looking_at(np.array([0.0, 1.2, 3.5]), np.array([0.0, 1.0, 0.0]))
+    kp = camera.project(pose_with_left_arm(0.0))  # 17 x 2
+    conf = np.ones(NUM_JOINTS)
+    conf[Joint.RIGHT_WRIST] = 0.0  # unseen: its bone is not drawn
+    view.set_frame(kp, conf, (640, 480))
+    qtbot.wait(30)
+    img = view.plot.grab().toImage()
+    arr = _qimage_rgb(img)
+    left, right = colour_mask(arr, LEFT_RGB), colour_mask(arr, RIGHT_RGB)
+    assert left.sum() > 100 and right.sum() > 100
+    # the camera looks at the performer's front: their left appears on the right of the image
+    assert np.nonzero(left)[1].mean() > np.nonzero(right)[1].mean()
+    img.save(str(output_dir / "keypoints.png"))
+    # the right forearm (elbow -> unseen wrist) is not connected
+    connect = view._connect["right"]
+    bones = view._bones["right"]
+    forearm = bones.index((Joint.RIGHT_ELBOW, Joint.RIGHT_WRIST))
+    assert not connect[2 * forearm] and connect[2 * bones.index((Joint.RIGHT_SHOULDER, Joint.RIGHT_ELBOW))]
+    view.set_frame(None, None, (640, 480))
+    assert view._message.isVisible() and "camera lost" in view._message.textItem.toPlainText()
+
+
+def _qimage_rgb(image) -> np.ndarray:
+    from PySide6 import QtGui
+
+    image = image.convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    h, w, stride = image.height(), image.width(), image.bytesPerLine()
+    buf = np.frombuffer(image.constBits(), dtype=np.uint8, count=h * stride).reshape(h, stride)
+    return buf[:, : 3 * w].reshape(h, w, 3).copy()
+
+
+def test_imu_plots_keep_the_last_samples_in_order(qtbot):
+    from app.views.imu_plots import ImuPlots
+
+    plots = ImuPlots(history=50)
+    qtbot.addWidget(plots)
+    present = np.ones(NUM_IMUS, dtype=bool)
+    for i in range(80):
+        q = np.zeros((NUM_IMUS, 4))
+        q[:, 0] = i  # w carries the sample number
+        plots.append(i / 30.0, q, present)
+    plots.refresh()
+    x, y = plots._curves[0][0].getData()
+    np.testing.assert_array_equal(y, np.arange(30, 80))
+    np.testing.assert_allclose(x, (np.arange(30, 80) - 79) / 30.0)
+    present[3] = False
+    plots.append(80 / 30.0, np.full((NUM_IMUS, 4), np.nan), present)
+    assert "missing" in plots._plots[3].titleLabel.text
+
+
+def test_log_view_receives_records_from_worker_threads(qtbot):
+    from app.panels.log_view import LogView
+
+    view = LogView()
+    qtbot.addWidget(view)
+    logger = logging.getLogger("vimcan.test.logview")
+    view.install(logger, logging.INFO)
+    try:
+        t = threading.Thread(target=lambda: logger.error("imu left_forearm lost: port /dev/ttyUSB0 gone"))
+        t.start()
+        t.join()
+        qtbot.waitUntil(lambda: any("ttyUSB0" in line for line in view.lines()), timeout=2000)
+        assert view.counts[logging.ERROR] == 1
+        view.level_box.setCurrentIndex(0)  # errors only
+        logger.info("routine message")
+        qtbot.wait(20)
+        assert not any("routine" in line for line in view.lines())
+    finally:
+        view.uninstall()
+
+
+def test_settings_round_trip_and_bad_values_fall_back(tmp_path):
+    from app.settings import BvhOptions, PoseSourceChoice, StudioSettings, Units, load_settings, open_qsettings, save_settings
+
+    path = tmp_path / "studio.ini"
+    s = StudioSettings(devices=("witmotion:/dev/ttyUSB0@115200", "sim"), camera="0", units=Units.CENTIMETRES,
+                       bvh=BvhOptions(rotation_order="xyz", units=Units.METRES, fps=60), last_profile="alice",
+                       record_countdown_s=3, follow_performer=True, pose_source=PoseSourceChoice.GROUND_TRUTH)
+    save_settings(s, open_qsettings(path))
+    assert load_settings(open_qsettings(path)) == s  # a fresh QSettings reads the file back
+    qs = open_qsettings(path)
+    qs.setValue("studio/units", "furlongs")
+    qs.setValue("studio/record_countdown_s", "soon")
+    qs.sync()
+    loaded = load_settings(open_qsettings(path))
+    assert loaded.units == StudioSettings().units and loaded.record_countdown_s == 0
+    assert loaded.last_profile == "alice"
+
+
+def test_bridge_drains_without_blocking_and_counts_gaps(qtbot):
+    from app.qt_bridge import PipelineBridge
+    from sensors.samples import PoseFrame, SyncedFrame
+
+    q: queue.Queue = queue.Queue(maxsize=8)
+    bridge = PipelineBridge(q)
+    got: list = []
+    bridge.latest.connect(lambda s, p: got.append(p.frame_index))
+    assert bridge.drain() == 0  # empty queue: returns at once
+    now = time.monotonic()
+    for idx in (0, 1, 2, 5, 6):  # 3 and 4 were dropped upstream
+        synced = SyncedFrame(idx, now, None, None, None, np.full((6, 4), np.nan), np.full((6, 3), np.nan),
+                             np.zeros(6, bool), now - 0.02)
+        pose = PoseFrame(idx, now, np.zeros((17, 3)), None, "test", False, np.zeros(6, bool),
+                         sample_host_time_s=now - 0.02)
+        q.put((synced, pose))
+    assert bridge.drain() == 5
+    assert got == [6]  # only the newest goes to the views
+    st = bridge.stats()
+    assert st.frames == 5 and st.gaps == 2
+    assert 20.0 <= st.latency_median_ms < 1000.0
