@@ -29,7 +29,18 @@ WORLD_TO_GL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 BONE_WIDTH_PX = 5.0
 JOINT_SIZE_PX = 9.0
 FRUSTUM_DEPTH_M = 0.5  # how far the drawn frustum reaches in front of the camera
+ANKLE_HEIGHT_M = 0.08  # where the lower ankle stands when a pose has no root position
 FOLLOW_SMOOTHING = 0.15  # fraction of the distance to the performer the view centre moves per update
+
+
+def place_on_floor(joints_rel_m: np.ndarray, root_world_m: np.ndarray | None) -> np.ndarray:
+    """Root-relative J x 3 joints -> absolute world joints for drawing; without a (finite) root,
+    the lower ankle is put ``ANKLE_HEIGHT_M`` above the floor under the origin."""
+    joints = np.asarray(joints_rel_m, dtype=np.float64)
+    if root_world_m is not None and np.all(np.isfinite(root_world_m)):
+        return joints + np.asarray(root_world_m, dtype=np.float64)
+    lift = ANKLE_HEIGHT_M - min(joints[Joint.LEFT_ANKLE, 1], joints[Joint.RIGHT_ANKLE, 1])
+    return joints + np.array([0.0, lift, 0.0])
 
 
 def world_to_gl(points_world_m: np.ndarray) -> np.ndarray:

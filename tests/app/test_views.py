@@ -284,3 +284,74 @@ def test_bridge_drains_without_blocking_and_counts_gaps(qtbot):
     st = bridge.stats()
     assert st.frames == 5 and st.gaps == 2
     assert 20.0 <= st.latency_median_ms < 1000.0
+
+
+def _write_take(parent, name: str, seconds: float, created_utc: str):
+    """A take folder in the real format, written with vimcan_core.take's own writers from the performer."""
+    from vimcan_core.performer import Performer
+    from vimcan_core.take import POSE_COLUMNS, POSES_CSV, TakeMeta, TakeStatus, header_line, new_take_folder, pose_row, write_meta
+
+    folder = new_take_folder(parent, name)
+    t = np.arange(0.0, seconds, 1 / 30)
+    pose = Performer().pose_at(t)
+    with open(folder / POSES_CSV, "w", encoding="utf-8") as f:
+        f.write(header_line(POSE_COLUMNS))
+        for i in range(len(t)):
+            f.write(pose_row(i, t[i], pose.joints_root_relative_m[i], pose.root_world_m[i], True,
+                             np.ones(NUM_IMUS, bool), 1.0, pose.site_quats_world[i]))
+    write_meta(folder, TakeMeta(name=name, created_utc=created_utc, status=TakeStatus.COMPLETE,
+                                duration_s=float(t[-1]), frames=len(t)))
+    return folder, pose.joints_world_m
+
+
+def test_takes_browser_lists_plays_scrubs_and_reexports(qtbot, tmp_path):
+    from app.panels.takes_browser import TakesBrowser
+
+    old, _ = _write_take(tmp_path, "warmup", 1.0, "2026-01-01T10:00:00+00:00")
+    new, joints = _write_take(tmp_path, "walk", 3.0, "2026-01-02T10:00:00+00:00")
+    (tmp_path / "not_a_take").mkdir()
+    browser = TakesBrowser(tmp_path)
+    qtbot.addWidget(browser)
+    assert [t.name for t in browser.takes] == ["walk", "warmup"]  # newest first, non-takes ignored
+    assert browser.table.item(0, 2).text() == f"{(len(joints) - 1) / 30:.1f} s"
+    assert browser.table.item(0, 3).text() == str(len(joints))
+    assert browser.table.item(0, 1).text().startswith("2026-01-02")
+
+    shown: list = []
+    browser.pose.connect(shown.append)
+    assert browser.select(new)
+    with qtbot.waitSignal(browser.playback_started, timeout=1000):
+        assert browser.play_selected()
+    np.testing.assert_allclose(shown[0], joints[0], atol=1e-6)  # world joints, root added back
+    qtbot.waitUntil(lambda: len(shown) >= 5, timeout=2000)
+    browser.toggle_play()  # pause
+    assert not browser.playing
+    n = len(shown)
+    qtbot.wait(100)
+    assert len(shown) == n  # paused: no more poses
+    browser.scrubber.setValue(60)  # the user drags the scrubber to 2 s
+    np.testing.assert_allclose(shown[-1], joints[60], atol=1e-6)
+    assert browser.time_label.text().strip().startswith("2.0")
+    with qtbot.waitSignal(browser.playback_stopped, timeout=1000):
+        browser.stop_playback()
+
+    (new / "take.bvh").unlink(missing_ok=True)
+    with qtbot.waitSignal(browser.job_finished, timeout=30000) as blocker:
+        assert browser.run_job("export")
+    assert blocker.args[0] == "export" and (new / "take.bvh").stat().st_size > 1000
+    assert "HIERARCHY" in (new / "take.bvh").read_text()[:100]
+
+
+def test_takes_browser_reports_a_failed_job(qtbot, tmp_path):
+    from app.panels.takes_browser import TakesBrowser
+
+    folder, _ = _write_take(tmp_path, "broken", 1.0, "2026-01-01T10:00:00+00:00")
+    (folder / "poses.csv").write_text("frame_index,time_s\n")  # damaged after recording
+    browser = TakesBrowser(tmp_path)
+    qtbot.addWidget(browser)
+    browser.select(folder)
+    assert not browser.play_selected()  # refused, logged, no crash
+    with qtbot.waitSignal(browser.job_failed, timeout=30000) as blocker:
+        browser.run_job("export")
+    assert "broken" in blocker.args[1]
+    assert "failed" in browser.job_label.text()

@@ -1,0 +1,200 @@
+"""Glue between the window and the capture side (``sensors``): building the pipeline with the
+right pose source, the recorder behind the record button, heading reset and calibration profiles.
+
+Kept apart from the widgets so that the window only composes, and so that the headless demo and
+the tests use the same choices. Nothing here imports Qt.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from app.settings import PoseSourceChoice, StudioSettings
+from vimcan_core.errors import TakeError, VimcanError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_WEIGHTS = ROOT / "resources" / "models" / "vimcan-t-streaming.pt"
+RECORDER_QUEUE_SIZE = 256  # frames the take writer may lag behind (about 8 s at 30 Hz)
+
+
+def weights_path(settings: StudioSettings) -> Path:
+    return Path(settings.model_path) if settings.model_path else SHIPPED_WEIGHTS
+
+
+def make_pose_source(settings: StudioSettings):
+    """The VIMCAN streaming model as pose source, or None (the pipeline's ground truth) with the reason logged."""
+    if settings.pose_source == PoseSourceChoice.GROUND_TRUTH:
+        return None
+    path = weights_path(settings)
+    if not path.is_file():
+        msg = f"no model weights at {path}: showing the simulation's ground truth instead of the model"
+        if settings.pose_source == PoseSourceChoice.MODEL:
+            log.error(msg)
+        else:
+            log.warning(msg)
+        return None
+    try:
+        from sensors.model_source import ModelPoseSource
+    except ImportError as exc:
+        log.warning("the live model pose source is not available (%s): showing ground truth", exc)
+        return None
+    try:
+        factory = getattr(ModelPoseSource, "from_checkpoint", None)
+        return factory(path) if factory is not None else ModelPoseSource(path)
+    except (VimcanError, OSError, RuntimeError) as exc:
+        log.error("could not load the model from %s: %s; showing ground truth", path, exc)
+        return None
+
+
+def build_live_pipeline(settings: StudioSettings, demo: bool = True):
+    """The capture pipeline the window shows. Demo: simulated performer and sensors."""
+    if not demo:
+        raise VimcanError("live hardware from the studio is set up with the devices panel; start with --demo "
+                          "or configure devices with `vimcan devices` first")
+    from sensors.demo import build_demo_pipeline
+
+    return build_demo_pipeline(pose_source=make_pose_source(settings))
+
+
+# ----------------------------------------------------------------------------- recording
+class StudioRecorder:
+    """The record button's recorder: one ``sensors.recording.TakeRecorder`` per take, fed by its own
+    bounded subscription of the pipeline and by the devices' raw buffers.
+
+    ``start(name)`` makes a fresh take folder under ``takes_dir``; ``stop()`` returns it once
+    the writer has closed the files (take.bvh included)."""
+
+    def __init__(self, pipeline, takes_dir: Path) -> None:
+        self._pipeline = pipeline
+        self.takes_dir = Path(takes_dir)
+        self._recorder = None
+        self._queue = None
+        self.folder: Path | None = None
+
+    @property
+    def recording(self) -> bool:
+        from sensors.recording import RecorderState
+
+        return self._recorder is not None and self._recorder.state == RecorderState.RECORDING
+
+    @property
+    def error(self) -> str | None:
+        """Why the current take stopped by itself (disk full, folder gone), or None."""
+        err = self._recorder.error if self._recorder is not None else None
+        return None if err is None else str(err)
+
+    def stats(self):
+        return None if self._recorder is None else self._recorder.stats()
+
+    def start(self, take_name: str) -> Path:
+        from sensors.recording import TakeRecorder, imu_sites_of
+        from vimcan_core.take import TakeMeta, new_take_folder
+
+        if self.recording:
+            raise TakeError(f"{self.folder}: already recording; stop it first")
+        folder = new_take_folder(self.takes_dir, take_name)
+        devices = list(self._pipeline.devices())
+        self._queue = self._pipeline.subscribe(RECORDER_QUEUE_SIZE)
+        meta = TakeMeta(name=folder.name, camera=self._camera_dict(), model=self._source_name(),
+                        backend=self._backend())
+        self._recorder = TakeRecorder(folder, self._queue, devices, meta=meta, sites=imu_sites_of(devices),
+                                      on_error=lambda exc: log.error("recording stopped: %s", exc))
+        try:
+            self._recorder.start()
+        except TakeError:
+            self._unsubscribe()
+            raise
+        self.folder = folder
+        return folder
+
+    def stop(self) -> Path:
+        if self._recorder is None or self.folder is None:
+            raise TakeError("not recording")
+        meta = self._recorder.stop()
+        self._unsubscribe()
+        log.info("take %s: %d frames, %.1f s, %s", self.folder.name, meta.frames, meta.duration_s, meta.status.value)
+        self._recorder = None
+        return self.folder
+
+    def _unsubscribe(self) -> None:
+        unsubscribe = getattr(self._pipeline, "unsubscribe", None)
+        if unsubscribe is not None and self._queue is not None:
+            unsubscribe(self._queue)
+        self._queue = None
+
+    def _camera_dict(self) -> dict | None:
+        demo = getattr(self._pipeline, "demo", None)
+        cam = getattr(demo, "camera", None) if demo is not None else getattr(self._pipeline, "camera_model", None)
+        if cam is None:
+            return None
+        from dataclasses import asdict
+
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cam).items()}
+
+    def _source_name(self) -> str | None:
+        src = getattr(self._pipeline, "pose_source", None)
+        return getattr(src, "name", None) if src is not None else None
+
+    def _backend(self) -> str | None:
+        stats = self._pipeline.stats()
+        return getattr(stats, "backend", None)
+
+
+def make_recorder(pipeline, takes_dir: Path) -> StudioRecorder:
+    return StudioRecorder(pipeline, takes_dir)
+
+
+# ----------------------------------------------------------------------------- calibration
+def apply_heading_reset(pipeline, last_synced) -> tuple[bool, str]:
+    """Heading reset with the latest IMU orientations; returns (done, message for the user)."""
+    from vimcan_core.calibration import heading_reset
+
+    if last_synced is None:
+        return False, "no IMU data yet"
+    q = np.asarray(last_synced.imu_quat_wxyz, dtype=np.float64)
+    if not np.all(np.asarray(last_synced.imu_present)):
+        return False, "an IMU is missing: connect all six, stand straight with arms down, then retry"
+    get = getattr(pipeline, "calibration", None)
+    calibration = get() if callable(get) else get
+    if calibration is None:
+        return False, "no calibration yet: run the calibration wizard first (Ctrl+K)"
+    new = heading_reset(calibration, q)
+    setter = getattr(pipeline, "set_calibration", None)
+    if setter is None:
+        return False, "this pose source does not use a calibration (ground truth)"
+    setter(new)
+    return True, "IMU headings aligned to the performer"
+
+
+def list_profiles() -> list[str]:
+    """Names of the saved calibration profiles (empty when none or when profiles are not available)."""
+    try:
+        from vimcan_core.calibration_profiles import list_profiles as _list  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    try:
+        return list(_list())
+    except (VimcanError, OSError) as exc:
+        log.warning("cannot list calibration profiles: %s", exc)
+        return []
+
+
+def load_profile_into(pipeline, name: str) -> str:
+    try:
+        from vimcan_core.calibration_profiles import load_profile  # type: ignore[import-not-found]
+    except ImportError:
+        return "profiles not available"
+    try:
+        calibration = load_profile(name)
+    except (VimcanError, OSError) as exc:
+        log.error("cannot load profile %s: %s", name, exc)
+        return f"{name}: not loaded"
+    setter = getattr(pipeline, "set_calibration", None)
+    if setter is not None:
+        setter(calibration)
+    return name

@@ -1,0 +1,442 @@
+"""The studio window: composes the views and panels around one capture pipeline.
+
+Data flow: pipeline threads -> bounded subscription queue -> ``PipelineBridge`` (UI thread, QTimer)
+-> ``_on_latest`` -> views. Panels refresh from a slower timer. The window holds no capture logic:
+the pipeline (``sensors``) synchronises, infers and records; this file wires, labels and lays out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from app.panels.devices_panel import DevicesPanel
+from app.panels.log_view import LogView
+from app.panels.record_panel import RecordPanel
+from app.panels.status_panel import InferenceStatus, InputHealth, StatusPanel
+from app.panels.takes_browser import TakesBrowser
+from app.qt_bridge import PipelineBridge
+from app.settings import StudioSettings, save_settings
+from app.views.imu_plots import ImuPlots
+from app.views.keypoints_view import KeypointsView
+from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB
+from app.views.skeleton_view import SkeletonView, place_on_floor
+from vimcan_core.skeleton import IMU_SITE_NAMES
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_SIZE = 4  # frames the UI may lag behind before the pipeline drops for it (never latency)
+PANEL_REFRESH_MS = 250
+PLOT_REFRESH_MS = 66
+ICONS = Path(__file__).resolve().parents[1] / "resources" / "icons"
+FROZEN_AFTER_S = 1.0  # no pose for this long -> the pose is frozen and the reason shown
+
+
+class ViewMode(Enum):
+    LIVE = "live"
+    PLAYBACK = "playback"
+
+
+@dataclass(frozen=True)
+class StudioOptions:
+    demo: bool = True  # simulated performer and sensors
+    subscription_size: int = SUBSCRIPTION_SIZE
+
+
+def input_health(pose) -> tuple[InputHealth, str]:
+    """What the latest PoseFrame's inputs say, in the words shown to the user."""
+    imu = np.asarray(pose.imu_present, dtype=bool)
+    if not pose.camera_present and not imu.any():
+        return InputHealth.FROZEN, "all inputs lost: pose frozen (check the camera and the IMUs)"
+    missing = [IMU_SITE_NAMES[i].replace("_", " ") for i in np.flatnonzero(~imu)]
+    parts = []
+    if not pose.camera_present:
+        parts.append("camera lost: running on the IMUs (lower confidence)")
+    if missing:
+        parts.append("IMU missing: " + ", ".join(missing))
+    if parts:
+        return InputHealth.DEGRADED, "; ".join(parts)
+    return InputHealth.ALL, "camera and 6 IMUs"
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    """The studio. ``pipeline`` is a started-or-not ``CapturePipeline``; in demo mode one is built."""
+
+    def __init__(self, options: StudioOptions = StudioOptions(), settings: StudioSettings | None = None,
+                 qsettings: QtCore.QSettings | None = None, pipeline=None,
+                 parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.options = options
+        self.settings = settings or StudioSettings()
+        self._qsettings = qsettings
+        self.mode = ViewMode.LIVE
+        self.pipeline = pipeline if pipeline is not None else self._build_pipeline()
+        self._last_pose = None
+        self._last_synced = None
+        self._last_pose_time = None
+        self._started = False
+        self.setWindowTitle("VIMCAN Studio" + (" — demo" if options.demo else ""))
+        icon = ICONS / "vimcan.svg"
+        if icon.exists():
+            self.setWindowIcon(QtGui.QIcon(str(icon)))
+
+        # ---- views
+        self.skeleton_view = SkeletonView()
+        self.skeleton_view.set_follow(self.settings.follow_performer)
+        self.keypoints_view = KeypointsView()
+        self.imu_plots = ImuPlots()
+        right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        right.addWidget(_titled("Camera · 2D keypoints", self.keypoints_view))
+        right.addWidget(_titled("IMU orientations", self.imu_plots))
+        right.setSizes([380, 420])
+        centre = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
+        centre.addWidget(_titled("3D skeleton", self.skeleton_view))
+        centre.addWidget(right)
+        centre.setSizes([900, 480])
+        self.setCentralWidget(centre)
+
+        # ---- panels
+        self.devices_panel = DevicesPanel(self._devices, discover=None)
+        self.status_panel = StatusPanel()
+        self.record_panel = RecordPanel(self._make_recorder())
+        self.record_panel.countdown_spin.setValue(self.settings.record_countdown_s)
+        self.record_panel.stopped.connect(self._on_take_saved)
+        self.takes_browser = TakesBrowser(Path(self.settings.takes_dir))
+        self.takes_browser.playback_started.connect(lambda: self._set_mode(ViewMode.PLAYBACK))
+        self.takes_browser.playback_stopped.connect(lambda: self._set_mode(ViewMode.LIVE))
+        self.takes_browser.pose.connect(self._on_playback_pose)
+        self.log_view = LogView()
+        self.log_view.install(logging.getLogger(), logging.INFO)
+        self.calibration_label = QtWidgets.QLabel("calibration: none (demo ground truth needs none)")
+        self.calibration_label.setWordWrap(True)
+
+        self._dock("Devices", self.devices_panel, QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
+        self._dock("Inference", _stack(self.status_panel, self.calibration_label),
+                   QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
+        self._dock("Record", self.record_panel, QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
+        takes_dock = self._dock("Takes", self.takes_browser, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
+        log_dock = self._dock("Log", self.log_view, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.tabifyDockWidget(takes_dock, log_dock)
+        takes_dock.raise_()
+
+        self._build_actions()
+        self.status_line = QtWidgets.QLabel("starting…")
+        self.statusBar().addPermanentWidget(self.status_line, 1)
+
+        # ---- data path
+        self.bridge = PipelineBridge(None, parent=self)
+        self.bridge.latest.connect(self._on_latest)
+        self.bridge.frames.connect(self._on_frames)
+        self._panel_timer = QtCore.QTimer(self)
+        self._panel_timer.setInterval(PANEL_REFRESH_MS)
+        self._panel_timer.timeout.connect(self._refresh_panels)
+        self._plot_timer = QtCore.QTimer(self)
+        self._plot_timer.setInterval(PLOT_REFRESH_MS)
+        self._plot_timer.timeout.connect(self.imu_plots.refresh)
+        camera = self._camera_model()
+        if camera is not None:
+            self.skeleton_view.set_camera(camera)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _build_pipeline(self):
+        from app.live import build_live_pipeline
+
+        return build_live_pipeline(self.settings, demo=self.options.demo)
+
+    def _make_recorder(self):
+        from app.live import make_recorder
+
+        return make_recorder(self.pipeline, Path(self.settings.takes_dir))
+
+    def _dock(self, title: str, widget: QtWidgets.QWidget, area) -> QtWidgets.QDockWidget:
+        dock = QtWidgets.QDockWidget(title, self)
+        dock.setObjectName(f"dock_{title.lower()}")
+        dock.setWidget(widget)
+        dock.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _build_actions(self) -> None:
+        bar = self.addToolBar("Capture")
+        bar.setObjectName("toolbar_capture")
+        bar.setMovable(False)
+        menu_file = self.menuBar().addMenu("&File")
+        menu_capture = self.menuBar().addMenu("&Capture")
+        menu_view = self.menuBar().addMenu("&View")
+
+        self.action_record = QtGui.QAction("● Record / Stop", self, shortcut=QtGui.QKeySequence("Ctrl+R"))
+        self.action_record.triggered.connect(self.record_panel.toggle)
+        self.action_heading = QtGui.QAction("Heading reset", self, shortcut=QtGui.QKeySequence("Ctrl+H"))
+        self.action_heading.setToolTip("Stand straight, arms down, facing the camera, then press (Ctrl+H)")
+        self.action_heading.triggered.connect(self.heading_reset)
+        self.action_calibrate = QtGui.QAction("Calibrate…", self, shortcut=QtGui.QKeySequence("Ctrl+K"))
+        self.action_calibrate.triggered.connect(self.open_calibration_wizard)
+        self.action_connect_all = QtGui.QAction("Connect all", self)
+        self.action_connect_all.triggered.connect(lambda: self.devices_panel.set_all_connected(True))
+        self.action_follow = QtGui.QAction("Follow performer", self, checkable=True,
+                                           shortcut=QtGui.QKeySequence("F"))
+        self.action_follow.setChecked(self.settings.follow_performer)
+        self.action_follow.toggled.connect(self._on_follow)
+        self.action_reset_view = QtGui.QAction("Reset 3D view", self, shortcut=QtGui.QKeySequence("Ctrl+0"))
+        self.action_reset_view.triggered.connect(self.skeleton_view.reset_view)
+        self.action_open_takes = QtGui.QAction("Takes folder…", self)
+        self.action_open_takes.triggered.connect(self._choose_takes_dir)
+        self.action_screenshot = QtGui.QAction("Save screenshot…", self)
+        self.action_screenshot.triggered.connect(self._save_screenshot_dialog)
+        self.action_quit = QtGui.QAction("Quit", self, shortcut=QtGui.QKeySequence.StandardKey.Quit)
+        self.action_quit.triggered.connect(self.close)
+
+        for action, icon in ((self.action_connect_all, "connect"), (self.action_calibrate, "calibrate"),
+                             (self.action_heading, "heading_reset"), (self.action_record, "record"),
+                             (self.action_follow, "follow")):
+            path = ICONS / f"{icon}.svg"
+            if path.exists():
+                action.setIcon(QtGui.QIcon(str(path)))
+        bar.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        for a in (self.action_connect_all, self.action_calibrate, self.action_heading, self.action_record):
+            bar.addAction(a)
+        bar.addSeparator()
+        bar.addAction(self.action_follow)
+        bar.addAction(self.action_reset_view)
+        spacer = QtWidgets.QWidget()
+        spacer.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Preferred)
+        bar.addWidget(spacer)
+        self.profile_box = QtWidgets.QComboBox()
+        self.profile_box.setToolTip("Calibration profile")
+        self.profile_box.setMinimumWidth(160)
+        self._fill_profiles()
+        self.profile_box.currentTextChanged.connect(self._on_profile)
+        bar.addWidget(QtWidgets.QLabel("Profile "))
+        bar.addWidget(self.profile_box)
+
+        for a in (self.action_open_takes, self.action_screenshot, self.action_quit):
+            menu_file.addAction(a)
+        for a in (self.action_connect_all, self.action_calibrate, self.action_heading, self.action_record):
+            menu_capture.addAction(a)
+        for a in (self.action_follow, self.action_reset_view):
+            menu_view.addAction(a)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the pipeline and the UI timers (idempotent)."""
+        if self._started:
+            return
+        self.bridge.set_subscription(self.pipeline.subscribe(self.options.subscription_size))
+        self.pipeline.start()
+        self.bridge.start()
+        self._panel_timer.start()
+        self._plot_timer.start()
+        self._started = True
+        log.info("studio started (%s)", "demo" if self.options.demo else "live devices")
+
+    def shutdown(self) -> None:
+        if self.record_panel.state.value != "idle":
+            self.record_panel.stop()
+        self.takes_browser.stop_playback()
+        self.bridge.stop()
+        self._panel_timer.stop()
+        self._plot_timer.stop()
+        if self._started:
+            self.pipeline.stop()
+            self._started = False
+        self.log_view.uninstall()
+        self._save_settings()
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    # ------------------------------------------------------------------ data
+    def _devices(self):
+        return list(self.pipeline.devices()) if self.pipeline is not None else []
+
+    def _camera_model(self):
+        demo = getattr(self.pipeline, "demo", None)
+        cam = getattr(demo, "camera", None) if demo is not None else None
+        return cam if cam is not None else getattr(self.pipeline, "camera_model", None)
+
+    @QtCore.Slot(list)
+    def _on_frames(self, frames: list) -> None:
+        for synced, _pose in frames:
+            self.imu_plots.append(synced.time_s, synced.imu_quat_wxyz, synced.imu_present)
+
+    @QtCore.Slot(object, object)
+    def _on_latest(self, synced, pose) -> None:
+        self._last_pose, self._last_synced = pose, synced
+        self._last_pose_time = time.monotonic()
+        if self.mode == ViewMode.LIVE:
+            health, _ = input_health(pose)
+            if health != InputHealth.FROZEN:
+                self.skeleton_view.set_pose(place_on_floor(pose.joints_world_m, pose.root_world_m),
+                                            dimmed=not pose.camera_present)
+        self.keypoints_view.set_frame(synced.keypoints_px, synced.keypoint_confidence, synced.image_size_px,
+                                      synced.image_bgr)
+
+    @QtCore.Slot(object)
+    def _on_playback_pose(self, joints_world_m: np.ndarray) -> None:
+        if self.mode == ViewMode.PLAYBACK:
+            self.skeleton_view.set_pose(joints_world_m)
+
+    def _set_mode(self, mode: ViewMode) -> None:
+        self.mode = mode
+        if mode == ViewMode.PLAYBACK:
+            self.skeleton_view.set_overlay_text("PLAYBACK: " + (self.takes_browser.current_name or ""), OK_RGB)
+        else:
+            self._update_overlay()
+
+    def _refresh_panels(self) -> None:
+        self.devices_panel.refresh()
+        status = self.inference_status()
+        self.status_panel.show_status(status)
+        self.status_line.setText(self.status_panel.summary())
+        if self.mode == ViewMode.LIVE:
+            self._update_overlay()
+
+    def inference_status(self) -> InferenceStatus:
+        """Gathers the numbers shown in the inference panel (bridge timing + pipeline counters)."""
+        b = self.bridge.stats()
+        pstats = self.pipeline.stats() if self.pipeline is not None else None
+        dropped = int(getattr(pstats, "dropped_frames", 0) or 0) + b.gaps if pstats is not None else b.gaps
+        backend = str(getattr(pstats, "backend", "") or "") or "–"
+        pose = self._last_pose
+        if pose is None:
+            return InferenceStatus(backend=backend, dropped_frames=dropped)
+        health, detail = input_health(pose)
+        age = time.monotonic() - (self._last_pose_time or 0.0)
+        if age > FROZEN_AFTER_S and self._started:
+            health, detail = InputHealth.FROZEN, f"no pose for {age:.0f} s: pose frozen (are the devices connected?)"
+        is_model = "ground truth" not in pose.source.lower()
+        return InferenceStatus(
+            source=pose.source, is_model=is_model, backend=backend, poses_per_s=b.poses_per_s,
+            latency_median_ms=b.latency_median_ms, latency_p95_ms=b.latency_p95_ms, dropped_frames=dropped,
+            health=health, health_detail=detail, confidence=float(pose.confidence),
+        )
+
+    def _update_overlay(self) -> None:
+        s = self.status_panel.status
+        if self._last_pose is None:
+            self.skeleton_view.set_overlay_text("waiting for poses…", WARN_RGB)
+        elif s.health == InputHealth.FROZEN:
+            self.skeleton_view.set_overlay_text("FROZEN: " + s.health_detail, ERROR_RGB)
+        else:
+            prefix = "" if s.is_model else "NOT THE MODEL: "
+            self.skeleton_view.set_overlay_text(f"{prefix}{s.source}", OK_RGB if s.is_model else WARN_RGB)
+
+    # ------------------------------------------------------------------ actions
+    def heading_reset(self) -> bool:
+        """Correct the IMU headings with the performer standing still (``vimcan_core.calibration.heading_reset``)."""
+        from app.live import apply_heading_reset
+
+        ok, message = apply_heading_reset(self.pipeline, self._last_synced)
+        (log.info if ok else log.warning)("heading reset: %s", message)
+        self.statusBar().showMessage(f"Heading reset: {message}", 5000)
+        return ok
+
+    def open_calibration_wizard(self):
+        try:
+            from app.calibration_wizard import CalibrationWizard
+        except ImportError as exc:
+            log.error("the calibration wizard is not available: %s", exc)
+            return None
+        wizard = CalibrationWizard(self.pipeline, self._camera_model(), self)
+        finished = getattr(wizard, "finished", None)
+        if finished is not None:
+            finished.connect(lambda *_: self._on_calibrated(wizard))
+        wizard.show()
+        self.wizard = wizard
+        return wizard
+
+    def _on_calibrated(self, wizard) -> None:
+        calibration = getattr(wizard, "calibration", None)
+        profile = getattr(wizard, "profile_name", None)
+        if calibration is not None:
+            self.calibration_label.setText(f"calibration: {profile or 'new'}")
+            self._fill_profiles()
+            if profile:
+                self.profile_box.setCurrentText(profile)
+
+    def _fill_profiles(self) -> None:
+        from app.live import list_profiles
+
+        names = list_profiles()
+        self.profile_box.blockSignals(True)
+        self.profile_box.clear()
+        self.profile_box.addItem("(none)")
+        self.profile_box.addItems(names)
+        if self.settings.last_profile in names:
+            self.profile_box.setCurrentText(self.settings.last_profile)
+        self.profile_box.blockSignals(False)
+
+    def _on_profile(self, name: str) -> None:
+        from app.live import load_profile_into
+
+        name = "" if name == "(none)" else name
+        self.settings = replace(self.settings, last_profile=name)
+        if name:
+            message = load_profile_into(self.pipeline, name)
+            self.calibration_label.setText(f"calibration: {message}")
+
+    def _on_follow(self, follow: bool) -> None:
+        self.skeleton_view.set_follow(follow)
+        self.settings = replace(self.settings, follow_performer=bool(follow))
+
+    def _on_take_saved(self, folder: Path) -> None:
+        self.takes_browser.refresh()
+        self.takes_browser.select(folder)
+
+    def set_takes_dir(self, folder: Path) -> None:
+        folder = Path(folder)
+        self.settings = replace(self.settings, takes_dir=str(folder))
+        self.record_panel.set_recorder(self._make_recorder())
+        self.takes_browser.set_folder(folder)
+
+    def _choose_takes_dir(self) -> None:
+        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Takes folder", self.settings.takes_dir)
+        if folder:
+            self.set_takes_dir(Path(folder))
+
+    def save_screenshot(self, path: Path) -> Path:
+        """The whole window as a PNG (the GL view included: Qt composites it into the grab)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.grab().save(str(path)):
+            log.error("could not write the screenshot %s", path)
+        return path
+
+    def _save_screenshot_dialog(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save screenshot", "studio.png", "PNG (*.png)")
+        if path:
+            self.save_screenshot(Path(path))
+
+    def _save_settings(self) -> None:
+        self.settings = replace(self.settings, record_countdown_s=self.record_panel.countdown_spin.value())
+        if self._qsettings is not None:
+            save_settings(self.settings, self._qsettings)
+
+
+def _titled(title: str, widget: QtWidgets.QWidget) -> QtWidgets.QWidget:
+    box = QtWidgets.QWidget()
+    label = QtWidgets.QLabel(title.upper())
+    label.setStyleSheet("color: #94a3b8; font-size: 8pt; font-weight: bold; letter-spacing: 1px; padding: 2px 4px;")
+    layout = QtWidgets.QVBoxLayout(box)
+    layout.setContentsMargins(2, 2, 2, 2)
+    layout.setSpacing(2)
+    layout.addWidget(label)
+    layout.addWidget(widget, 1)
+    return box
+
+
+def _stack(*widgets: QtWidgets.QWidget) -> QtWidgets.QWidget:
+    box = QtWidgets.QWidget()
+    layout = QtWidgets.QVBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        layout.addWidget(w)
+    return box
