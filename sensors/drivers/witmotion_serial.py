@@ -1,0 +1,142 @@
+"""WitMotion serial IMUs (WT901, HWT905, WT901C, BWT901CL over its serial/SPP link).
+
+The sensor sends a burst of 11-byte frames each period (``sensors.protocols.witmotion``):
+optionally time (0x50), then acceleration, angular rate, angles, magnetometer and, when
+enabled, the quaternion. ``WitMotionAssembler`` turns bursts into ``ImuSample``s: a sample
+is emitted on the orientation frame, carrying the latest acceleration and angular rate. The
+assembler expects quaternion frames (0x59) and waits for them; when three angle frames (0x53)
+arrive with no quaternion in between (one lost quaternion frame is not enough), the sensor does not send quaternions and the angles
+are used instead (converted with the Z-Y-X convention); a later quaternion switches back.
+So each burst gives exactly one sample (at worst the first two bursts give none). WitMotion frames carry no per-sample timestamp, so
+``device_time_s`` is the 0x50 chip time when the sensor sends it and None otherwise; they
+carry no counter either, so dropped frames cannot be counted (corrupt ones are).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from sensors.device import DeviceConfig
+from sensors.drivers.serial_port import SerialDevice, SerialSettings
+from sensors.protocols import witmotion as wm
+from sensors.samples import ImuSample, Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WitMotionSetup:
+    """Configuration written to the sensor on connect (None: leave the sensor's setting)."""
+
+    rate_hz: float | None = None  # output rate, one of protocols.witmotion.RATE_CODES
+    enable_quaternion: bool = False  # add 0x59 frames to acc + gyro + angle
+    enable_time: bool = False  # add 0x50 chip-time frames (device timestamps)
+    save: bool = False  # write the settings to flash
+
+    def commands(self) -> list[bytes]:
+        content = None
+        if self.enable_quaternion or self.enable_time:
+            content = wm.Content.ACC | wm.Content.GYRO | wm.Content.ANGLE
+            if self.enable_quaternion:
+                content |= wm.Content.QUATERNION
+            if self.enable_time:
+                content |= wm.Content.TIME
+        return wm.configure_commands(rate_hz=self.rate_hz, content=content, save=self.save)
+
+
+class WitMotionAssembler:
+    """Collects the frames of one burst and emits an ``ImuSample`` per orientation frame."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self.invalid = 0  # orientation frames that could not be used (zero quaternion)
+        self.reset()
+
+    def reset(self) -> None:
+        self._acc_g: tuple[float, float, float] | None = None
+        self._gyro_dps: tuple[float, float, float] | None = None
+        self._time_s: float | None = None
+        self.uses_quaternion = True  # until angle frames prove otherwise
+        self._angles_without_quat = 0
+
+    def push(self, packet: wm.WitPacket, host_time_s: float) -> ImuSample | None:
+        if isinstance(packet, wm.WitQuat):
+            if not self.uses_quaternion:
+                log.info("%s: quaternion frames arrive; using them instead of the angles", self.device_id)
+            self.uses_quaternion = True
+            self._angles_without_quat = 0
+            q = np.asarray(packet.quat_wxyz)
+            norm = float(np.linalg.norm(q))
+            if not 0.5 < norm < 1.5:
+                self.invalid += 1
+                return None
+            return self._emit(q / norm, host_time_s)
+        if isinstance(packet, wm.WitAngle):
+            if self.uses_quaternion:
+                self._angles_without_quat += 1
+                if self._angles_without_quat < 3:
+                    return None
+                log.info("%s: no quaternion frames; orientation from the angles", self.device_id)
+                self.uses_quaternion = False
+            return self._emit(wm.euler_to_quat(np.asarray(packet.roll_pitch_yaw_deg)), host_time_s)
+        if isinstance(packet, wm.WitAcc):
+            self._acc_g = packet.acc_g
+        elif isinstance(packet, wm.WitGyro):
+            self._gyro_dps = packet.gyro_dps
+        elif isinstance(packet, wm.WitTime):
+            self._time_s = packet.device_time_s
+        return None
+
+    def _emit(self, q: np.ndarray, host_time_s: float) -> ImuSample:
+        if q[0] < 0:
+            q = -q
+        acc = None
+        if self._acc_g is not None:
+            acc = tuple(float(a) for a in wm.free_acceleration(q, np.asarray(self._acc_g)))
+        time_s, self._time_s = self._time_s, None
+        return ImuSample(
+            device_id=self.device_id,
+            host_time_s=host_time_s,
+            device_time_s=time_s,
+            quat_wxyz=(float(q[0]), float(q[1]), float(q[2]), float(q[3])),
+            acc_free_mps2=acc,  # type: ignore[arg-type]
+            gyro_dps=self._gyro_dps,
+        )
+
+
+class WitMotionSerialDevice(SerialDevice):
+    """A WitMotion IMU on a serial port (USB adapter CH340/CP2102, or TTL)."""
+
+    def __init__(self, port: str, baud: int = 115200, device_id: str | None = None,
+                 setup: WitMotionSetup | None = None, config: DeviceConfig | None = None,
+                 settings: SerialSettings | None = None) -> None:
+        super().__init__(device_id or f"witmotion:{port}", settings or SerialSettings(port=port, baud=baud), config)
+        self.setup = setup or WitMotionSetup()
+        self.parser = wm.WitMotionSerialParser()
+        self.assembler = WitMotionAssembler(self.device_id)
+        self._corrupt_seen = 0
+
+    def _reset_protocol(self) -> None:
+        self.parser.reset()
+        self.assembler.reset()
+
+    def _on_open(self) -> None:
+        cmds = self.setup.commands()
+        if cmds:
+            log.info("%s: configuring (%d commands)", self.device_id, len(cmds))
+            self.write_commands(cmds)
+
+    def _handle_bytes(self, data: bytes, host_time_s: float) -> list[Sample]:
+        packets = self.parser.feed(data)
+        if self.parser.corrupt != self._corrupt_seen:
+            self._count_corrupt(self.parser.corrupt - self._corrupt_seen)
+            self._corrupt_seen = self.parser.corrupt
+        out: list[Sample] = []
+        for p in packets:
+            s = self.assembler.push(p, host_time_s)
+            if s is not None:
+                out.append(s)
+        return out
