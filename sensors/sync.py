@@ -1,0 +1,298 @@
+"""Time synchronisation: pair each camera frame with the six IMUs at the frame's instant.
+
+Every sample is placed on the host's monotonic clock before pairing:
+
+* an IMU sample with a device timestamp: ``device_time + clock_offset - latency``, where
+  ``clock_offset`` is the device's running estimate of ``host - device`` (the minimum
+  filter of ``sensors.clock``: true offset plus the smallest transport delay) and
+  ``latency`` is the device's configured extra delay (``DeviceConfig.latency_s``);
+* without a device timestamp: ``host_time - latency``;
+* a camera frame: ``host_time - latency`` of the camera (the capture instant).
+
+At a frame time t, each IMU's orientation is the slerp between the last sample at or
+before t and the first after it, when both are within ``max_staleness_s`` of t; the
+nearer one alone when only one is (the newest sample is held while the next is in
+flight); otherwise the IMU is missing for that frame (NaN rows, ``imu_present`` False).
+Free accelerations are interpolated linearly with the same weights.
+
+The same pairing runs offline on arrays (``pair_track`` / ``sync_offline``), to re-solve
+a recorded take from its raw samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from sensors.device import Device
+from sensors.samples import ImuSample, KeypointFrame, SyncedFrame
+from vimcan_core.errors import InputShapeError
+from vimcan_core.rotations import quat_slerp
+from vimcan_core.skeleton import NUM_IMUS, ImuSite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """How IMU samples are paired with frames."""
+
+    max_staleness_s: float = 0.1  # a sensor with no sample this close to the frame time is missing
+    use_device_clock: bool = True  # place samples by their device timestamps (clock-offset corrected)
+    history: int = 256  # samples kept per IMU for interpolation (about 4 s at 60 Hz)
+
+
+@dataclass(frozen=True)
+class TrackPairing:
+    """One IMU's samples paired with F query times."""
+
+    quat_wxyz: np.ndarray  # F x 4, NaN where missing
+    acc_free_mps2: np.ndarray  # F x 3, NaN where missing or not measured
+    present: np.ndarray  # F bool
+    before: np.ndarray  # F int, index of the sample at or before the time used (-1: none)
+    after: np.ndarray  # F int, index of the sample after the time used (-1: none)
+
+
+def pair_track(
+    sample_times_s: np.ndarray,
+    quat_wxyz: np.ndarray,
+    acc_free_mps2: np.ndarray | None,
+    query_times_s: np.ndarray,
+    max_staleness_s: float = 0.1,
+) -> TrackPairing:
+    """Interpolate one IMU's samples at the query times (see the module docstring).
+
+    Args:
+        sample_times_s: N, sorted, the samples' instants on the host clock.
+        quat_wxyz: N x 4 orientations.
+        acc_free_mps2: N x 3 or None.
+        query_times_s: F frame instants.
+        max_staleness_s: how far a usable sample may be from a query time.
+    """
+    times = np.asarray(sample_times_s, dtype=np.float64)
+    quats = np.asarray(quat_wxyz, dtype=np.float64)
+    query = np.atleast_1d(np.asarray(query_times_s, dtype=np.float64))
+    n, f = len(times), len(query)
+    if quats.shape != (n, 4):
+        raise InputShapeError(f"pair_track: quat_wxyz must be {n} x 4 (one per sample time), got {quats.shape}")
+    if acc_free_mps2 is not None and np.shape(acc_free_mps2) != (n, 3):
+        raise InputShapeError(f"pair_track: acc_free_mps2 must be {n} x 3, got {np.shape(acc_free_mps2)}")
+    out_q = np.full((f, 4), np.nan)
+    out_a = np.full((f, 3), np.nan)
+    before = np.full(f, -1)
+    after = np.full(f, -1)
+    if n == 0 or f == 0:
+        return TrackPairing(out_q, out_a, np.zeros(f, bool), before, after)
+    if np.any(np.diff(times) < 0):
+        raise InputShapeError("pair_track: sample_times_s must be sorted (oldest first)")
+    i = np.searchsorted(times, query, side="right")  # F, first sample after each query
+    ib = np.clip(i - 1, 0, n - 1)
+    ia = np.clip(i, 0, n - 1)
+    gap_b = np.where(i > 0, query - times[ib], np.inf)
+    gap_a = np.where(i < n, times[ia] - query, np.inf)
+    ok_b = gap_b <= max_staleness_s
+    ok_a = gap_a <= max_staleness_s
+    both = ok_b & ok_a
+    span = np.where(both, times[ia] - times[ib], 1.0)
+    u = np.where(both & (span > 0), gap_b / np.where(span > 0, span, 1.0), 0.0)  # 0 at 'before', 1 at 'after'
+    u = np.where(~ok_b & ok_a, 1.0, u)  # only the next sample is close: hold it
+    present = ok_b | ok_a
+    if np.any(present):
+        sel = np.flatnonzero(present)
+        out_q[sel] = quat_slerp(quats[ib[sel]], quats[ia[sel]], u[sel])
+        if acc_free_mps2 is not None:
+            acc = np.asarray(acc_free_mps2, dtype=np.float64)
+            out_a[sel] = (1.0 - u[sel, None]) * acc[ib[sel]] + u[sel, None] * acc[ia[sel]]
+    before = np.where(ok_b, ib, -1)
+    after = np.where(ok_a & (u > 0), ia, -1)
+    return TrackPairing(out_q, out_a, present, before, after)
+
+
+def sample_times_offline(
+    host_times_s: np.ndarray, device_times_s: np.ndarray | None, latency_s: float = 0.0, window: int = 256
+) -> np.ndarray:
+    """Host-clock instants of recorded samples (N), as the live synchroniser places them:
+    device time plus a sliding-minimum estimate of ``host - device`` (centred window of
+    ``window`` samples), minus the known latency; host time minus latency without device times."""
+    host = np.asarray(host_times_s, dtype=np.float64)
+    if device_times_s is None:
+        return host - latency_s
+    dev = np.asarray(device_times_s, dtype=np.float64)
+    if dev.shape != host.shape:
+        raise InputShapeError(f"sample_times_offline: {dev.shape} device times for {host.shape} host times")
+    if np.any(~np.isfinite(dev)):
+        return host - latency_s
+    from scipy.ndimage import minimum_filter1d
+
+    offset = minimum_filter1d(host - dev, size=max(1, min(window, len(host))), mode="nearest")
+    return dev + offset - latency_s
+
+
+def sync_offline(
+    frame_times_s: np.ndarray,
+    tracks: Mapping[ImuSite, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    max_staleness_s: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair recorded IMU tracks with frame times.
+
+    Args:
+        frame_times_s: F frame instants (host clock).
+        tracks: per site, (sample times N, sorted; quats N x 4; acc N x 3 or None).
+            Use ``sample_times_offline`` to turn raw timestamps into sample times.
+
+    Returns:
+        (quats F x 6 x 4 NaN where missing, acc F x 6 x 3, present F x 6 bool), in ``ImuSite`` order.
+    """
+    frame_times_s = np.atleast_1d(np.asarray(frame_times_s, dtype=np.float64))
+    f = len(frame_times_s)
+    quats = np.full((f, NUM_IMUS, 4), np.nan)
+    acc = np.full((f, NUM_IMUS, 3), np.nan)
+    present = np.zeros((f, NUM_IMUS), bool)
+    for site, (times, q, a) in tracks.items():
+        p = pair_track(times, q, a, frame_times_s, max_staleness_s)
+        s = int(ImuSite(site))
+        quats[:, s], acc[:, s], present[:, s] = p.quat_wxyz, p.acc_free_mps2, p.present
+    return quats, acc, present
+
+
+class _Track:
+    """The recent samples of one IMU as arrays (filled incrementally from its buffer)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.cursor = 0
+        self.count = 0
+        self.host = np.empty(2 * capacity)
+        self.device = np.empty(2 * capacity)  # NaN when the sample had no device time
+        self.quat = np.empty((2 * capacity, 4))
+        self.acc = np.empty((2 * capacity, 3))
+
+    def pull(self, device: Device) -> None:
+        samples, self.cursor, _lost = device.buffer.read_since(self.cursor)
+        imu = [s for s in samples if isinstance(s, ImuSample)]
+        if len(imu) > self.capacity:
+            imu = imu[-self.capacity:]
+        if not imu:
+            return
+        if self.count + len(imu) > 2 * self.capacity:  # keep the newest `capacity` rows, then append
+            keep = self.capacity - len(imu)
+            for arr in (self.host, self.device, self.quat, self.acc):
+                arr[:keep] = arr[self.count - keep:self.count]
+            self.count = keep
+        k, m = self.count, len(imu)
+        self.host[k:k + m] = [s.host_time_s for s in imu]
+        self.device[k:k + m] = [np.nan if s.device_time_s is None else s.device_time_s for s in imu]
+        self.quat[k:k + m] = [s.quat_wxyz for s in imu]
+        self.acc[k:k + m] = [(np.nan,) * 3 if s.acc_free_mps2 is None else s.acc_free_mps2 for s in imu]
+        self.count += m
+
+    def times(self, device: Device, use_device_clock: bool) -> np.ndarray:
+        """The samples' instants on the host clock (see the module docstring)."""
+        host = self.host[:self.count]
+        dev = self.device[:self.count]
+        offset = device.clock.offset_s
+        latency = device.config.latency_s
+        if use_device_clock and offset is not None:
+            t = np.where(np.isnan(dev), host, dev + offset)
+        else:
+            t = host.copy()
+        return t - latency
+
+
+class Synchronizer:
+    """Builds a ``SyncedFrame`` for each camera frame (or IMU-only instant) from the IMU buffers.
+
+    Not thread-safe: one pipeline thread owns it.
+    """
+
+    def __init__(self, config: SyncConfig | None = None) -> None:
+        self.config = config or SyncConfig()
+        self._tracks: dict[int, _Track] = {}
+        self._frame_counter = itertools.count()
+
+    def reset(self) -> None:
+        """Forget all history and restart frame numbering."""
+        self._tracks.clear()
+        self._frame_counter = itertools.count()
+
+    def _track(self, device: Device) -> _Track:
+        track = self._tracks.get(id(device))
+        if track is None:
+            track = self._tracks[id(device)] = _Track(self.config.history)
+        track.pull(device)
+        return track
+
+    def sample_times(self, device: Device) -> np.ndarray:
+        """Host-clock instants of the device's recent samples (pulls new ones first)."""
+        return self._track(device).times(device, self.config.use_device_clock)
+
+    def imus_ready(self, imus: Mapping[ImuSite, Device], time_s: float) -> bool:
+        """True when every live IMU (one with a sample within the staleness limit) has a
+        sample after ``time_s``, so the frame can be interpolated rather than held."""
+        for device in imus.values():
+            times = self.sample_times(device)
+            if len(times) == 0:
+                continue
+            newest = times.max()
+            if time_s - self.config.max_staleness_s <= newest < time_s:
+                return False
+        return True
+
+    def synchronize(
+        self,
+        imus: Mapping[ImuSite, Device],
+        frame: KeypointFrame | None,
+        time_s: float | None = None,
+        camera_latency_s: float = 0.0,
+    ) -> SyncedFrame:
+        """The IMUs at the frame's instant (``frame.host_time_s - camera_latency_s``), or at
+        ``time_s`` when there is no frame (IMU-only ticks)."""
+        if frame is None and time_s is None:
+            raise ValueError("synchronize needs a camera frame or an explicit time_s")
+        t = frame.host_time_s - camera_latency_s if time_s is None else float(time_s)
+        quats = np.full((NUM_IMUS, 4), np.nan)
+        acc = np.full((NUM_IMUS, 3), np.nan)
+        present = np.zeros(NUM_IMUS, bool)
+        oldest = frame.host_time_s if frame is not None else t
+        for site, device in imus.items():
+            track = self._track(device)
+            if track.count == 0:
+                continue
+            times = track.times(device, self.config.use_device_clock)
+            order = slice(None)
+            if np.any(np.diff(times) < 0):  # e.g. a device clock that restarted on reconnect
+                order = np.argsort(times, kind="stable")
+                times = times[order]
+            p = pair_track(times, track.quat[:track.count][order], track.acc[:track.count][order], np.array([t]),
+                           self.config.max_staleness_s)
+            if not p.present[0]:
+                continue
+            s = int(ImuSite(site))
+            quats[s], acc[s], present[s] = p.quat_wxyz[0], p.acc_free_mps2[0], True
+            used = [i for i in (p.before[0], p.after[0]) if i >= 0]
+            oldest = min(oldest, float(np.min(track.host[:track.count][order][used])))
+        return SyncedFrame(
+            frame_index=next(self._frame_counter),
+            time_s=t,
+            keypoints_px=None if frame is None else frame.keypoints_px,
+            keypoint_confidence=None if frame is None else frame.confidence,
+            image_size_px=None if frame is None else (frame.width_px, frame.height_px),
+            imu_quat_wxyz=quats,
+            imu_acc_free_mps2=acc,
+            imu_present=present,
+            sample_host_time_s=oldest,
+            image_bgr=None if frame is None else frame.image_bgr,
+        )
+
+
+def imu_arrays(samples: Sequence[ImuSample]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Raw samples -> (host times N, device times N or None, quats N x 4, acc N x 3 or None)."""
+    host = np.array([s.host_time_s for s in samples], dtype=np.float64)
+    dev = None if any(s.device_time_s is None for s in samples) else np.array([s.device_time_s for s in samples])
+    quats = np.array([s.quat_wxyz for s in samples], dtype=np.float64).reshape(-1, 4)
+    acc = None if any(s.acc_free_mps2 is None for s in samples) else np.array([s.acc_free_mps2 for s in samples]).reshape(-1, 3)
+    return host, dev, quats, acc
