@@ -122,7 +122,8 @@ class BleDevice(Device):
             raise DeviceError(f"{self.device_id}: not connected (state {self.state.value}); start it and wait for STREAMING")
         if threading.get_ident() == self._thread_ident:
             raise DeviceError(f"{self.device_id}: call() is for other threads; inside the driver await the coroutine")
-        timeout_s = self.ble_config.command_timeout_s if timeout_s is None else timeout_s
+        if timeout_s is None:  # the inner GATT timeout fires first and says what failed; this is the backstop
+            timeout_s = 2 * self.ble_config.command_timeout_s + self.ble_config.poll_interval_s
         future = asyncio.run_coroutine_threadsafe(make_coro(client), loop)
         try:
             return future.result(timeout_s)
