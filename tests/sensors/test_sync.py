@@ -1,0 +1,197 @@
+"""The synchroniser pairs each camera frame with the IMUs interpolated to the frame's instant.
+
+The IMUs here replay a known motion through the real ``Device`` delivery path (clock-offset
+estimator and buffer); only the hardware is replaced. The motion turns at a constant rate,
+so slerp between two samples is exact and any error comes from the timing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from sensors.device import Device, DeviceConfig
+from sensors.samples import ImuSample, KeypointFrame
+from sensors.sync import SyncConfig, Synchronizer, imu_arrays, pair_track, sample_times_offline, sync_offline
+from vimcan_core.errors import InputShapeError
+from vimcan_core.rotations import quat_angle, quat_from_rotvec, quat_mul
+from vimcan_core.skeleton import ImuSite
+
+OMEGA_RPS = 3.0  # rad/s
+LATENCY_S = 0.004
+T0 = 1000.0  # host clock at the start of the recording
+
+
+class ReplayImu(Device):
+    """Stands in for the hardware: samples are handed to the base class's delivery path."""
+
+    def _connect(self) -> None:
+        pass
+
+    def _poll(self) -> Sequence[ImuSample]:
+        return []
+
+    def _disconnect(self) -> None:
+        pass
+
+
+def motion(site: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orientation (... x 4) turning at OMEGA about a per-site axis, and a linear acceleration (... x 3)."""
+    axis = np.array([np.cos(site), 0.5, np.sin(site)])
+    axis /= np.linalg.norm(axis)
+    t = np.asarray(t, dtype=np.float64)
+    start = quat_from_rotvec(np.array([0.3, -0.2, 0.1 * site]))
+    q = quat_mul(quat_from_rotvec((OMEGA_RPS * (t - T0))[..., None] * axis), start)
+    acc = np.stack((1.0 + 2.0 * (t - T0), -3.0 * (t - T0), 0.5 + 0 * t), axis=-1) + site
+    return q, acc
+
+
+def recording(site: int, rng: np.random.Generator, seconds: float = 4.0, drop_rate: float = 0.15,
+              burst: tuple[float, float] | None = (2.0, 2.3), offset_s: float = 500.0, drift_ppm: float = 20.0):
+    """60 Hz samples of one IMU: device timestamps with offset and drift, FIFO delivery with latency
+    and exponential jitter, random drops and a burst of lost packets. Returns (samples, true instants)."""
+    t_true = T0 + np.arange(int(seconds * 60)) / 60.0
+    keep = rng.random(len(t_true)) >= drop_rate
+    if burst is not None:
+        keep &= ~((t_true >= T0 + burst[0]) & (t_true < T0 + burst[1]))
+    q, acc = motion(site, t_true)
+    arrival = t_true + LATENCY_S + rng.exponential(0.003, len(t_true))
+    arrival = np.maximum.accumulate(arrival)  # the transport keeps packets in order
+    samples = [
+        ImuSample(device_id=f"imu{site}", host_time_s=float(arrival[k]),
+                  device_time_s=float((t_true[k] - T0) * (1 + drift_ppm * 1e-6) + offset_s),
+                  quat_wxyz=tuple(q[k]), acc_free_mps2=tuple(acc[k]), seq=k)
+        for k in np.flatnonzero(keep)
+    ]
+    return samples, t_true[keep]
+
+
+def make_devices(rng: np.random.Generator, **kw) -> tuple[dict[ImuSite, ReplayImu], dict[ImuSite, np.ndarray]]:
+    devices, true_times = {}, {}
+    for site in ImuSite:
+        samples, t = recording(int(site), rng, offset_s=100.0 + 77.0 * int(site), **kw)
+        dev = ReplayImu(f"imu{int(site)}", DeviceConfig(latency_s=LATENCY_S))
+        dev._deliver(samples)
+        devices[site], true_times[site] = dev, t
+    return devices, true_times
+
+
+def frame_at(t: float) -> KeypointFrame:
+    kp = np.tile(np.array([[320.0, 240.0]]), (17, 1)) + t % 1.0
+    return KeypointFrame("cam", t, None, kp, np.ones(17), 640, 480)
+
+
+def test_frames_get_imus_slerped_to_their_timestamp_despite_jitter_drops_and_clock_offsets() -> None:
+    rng = np.random.default_rng(0)
+    devices, true_times = make_devices(rng)
+    sync = Synchronizer(SyncConfig(max_staleness_s=0.1))
+    frame_times = T0 + 0.2123 + np.arange(105) / 30.0  # 30 Hz, not aligned with the IMU samples
+    frames = [sync.synchronize(devices, frame_at(t)) for t in frame_times]
+    assert [f.frame_index for f in frames] == list(range(len(frames)))
+    checked = 0
+    naive_err = []
+    for f, t in zip(frames, frame_times):
+        assert f.time_s == t and f.camera_present and f.image_size_px == (640, 480)
+        np.testing.assert_array_equal(f.keypoints_px, frame_at(t).keypoints_px)
+        for site in ImuSite:
+            gaps = np.abs(true_times[site] - t)
+            before = true_times[site][true_times[site] <= t]
+            after = true_times[site][true_times[site] > t]
+            if abs(gaps.min() - 0.1) < 0.002:
+                continue  # too close to the staleness limit to call
+            expected_present = gaps.min() <= 0.1
+            assert f.imu_present[site] == expected_present, (site, t - T0)
+            if not expected_present:
+                assert np.all(np.isnan(f.imu_quat_wxyz[site]))
+                continue
+            q_true, acc_true = motion(int(site), np.array(t))
+            if len(before) and len(after) and t - before[-1] <= 0.1 and after[0] - t <= 0.1:
+                # both neighbours are close: interpolated, exact up to the clock estimate
+                assert quat_angle(f.imu_quat_wxyz[site], q_true) < 1e-3
+                np.testing.assert_allclose(f.imu_acc_free_mps2[site], acc_true, atol=1e-3)
+                checked += 1
+                # the naive pairing (nearest sample by arrival time) is much worse
+                samples = devices[site].buffer.snapshot()
+                host = np.array([s.host_time_s for s in samples])
+                nearest = samples[int(np.argmin(np.abs(host - t)))]
+                naive_err.append(quat_angle(np.array(nearest.quat_wxyz), q_true))
+            else:
+                # only one side is close: that sample is held
+                held = before[-1] if len(before) and t - before[-1] <= 0.1 else after[0]
+                assert quat_angle(f.imu_quat_wxyz[site], motion(int(site), np.array(held))[0]) < 1e-3
+        # the oldest input sample for latency: no later than the frame, no older than the staleness
+        assert t - 0.1 - 0.05 <= f.sample_host_time_s <= t
+    assert checked > 400
+    assert np.median(naive_err) > 10 * 1e-3
+
+
+def test_a_burst_of_lost_packets_marks_the_sensor_missing_only_beyond_the_staleness() -> None:
+    rng = np.random.default_rng(1)
+    samples, t_true = recording(0, rng, drop_rate=0.0, burst=(2.0, 2.4))
+    dev = ReplayImu("imu0", DeviceConfig(latency_s=LATENCY_S))
+    dev._deliver(samples)
+    sync = Synchronizer(SyncConfig(max_staleness_s=0.1))
+    imus = {ImuSite.LEFT_FOREARM: dev}
+    present = {dt: sync.synchronize(imus, None, time_s=T0 + dt).imu_present[0] for dt in (1.95, 2.05, 2.15, 2.2, 2.25, 2.35, 2.45)}
+    assert present == {1.95: True, 2.05: True, 2.15: False, 2.2: False, 2.25: False, 2.35: True, 2.45: True}
+    # sites with no device are missing, with NaN rows
+    f = sync.synchronize(imus, None, time_s=T0 + 1.0)
+    assert f.imu_present.tolist() == [True, False, False, False, False, False]
+    assert np.isnan(f.imu_quat_wxyz[1:]).all() and not f.camera_present
+
+
+def test_offline_pairing_matches_the_live_synchroniser() -> None:
+    rng = np.random.default_rng(2)
+    devices, _ = make_devices(rng)
+    sync = Synchronizer()
+    frame_times = T0 + 0.25 + np.arange(100) / 30.0
+    live = [sync.synchronize(devices, None, time_s=t) for t in frame_times]
+    tracks = {}
+    for site, dev in devices.items():
+        host, device_t, quats, acc = imu_arrays(dev.buffer.snapshot())
+        tracks[site] = (sample_times_offline(host, device_t, latency_s=LATENCY_S), quats, acc)
+    quats, acc, present = sync_offline(frame_times, tracks)
+    assert quats.shape == (100, 6, 4) and acc.shape == (100, 6, 3)
+    np.testing.assert_array_equal(present, np.array([f.imu_present for f in live]))
+    ok = present
+    live_q = np.array([f.imu_quat_wxyz for f in live])
+    assert quat_angle(quats[ok], live_q[ok]).max() < 1e-3
+    truth = np.stack([motion(int(s), frame_times)[0] for s in ImuSite], axis=1)
+    outside_burst = (frame_times < T0 + 1.95) | (frame_times > T0 + 2.35)  # held, not interpolated, in the burst
+    ok = present & outside_burst[:, None]
+    assert quat_angle(quats[ok], truth[ok]).max() < 1e-3
+
+
+def test_pair_track_holds_the_nearest_sample_and_checks_its_input() -> None:
+    times = np.array([0.0, 1 / 60, 2 / 60, 3 / 60])
+    quats = quat_from_rotvec(np.outer(times, [0.0, OMEGA_RPS, 0.0]))
+    acc = np.outer(times, [1.0, 0.0, 0.0])
+    query = np.array([-0.05, -0.15, 0.025, 3 / 60 + 0.05, 3 / 60 + 0.15])
+    p = pair_track(times, quats, acc, query, max_staleness_s=0.1)
+    assert p.present.tolist() == [True, False, True, True, False]
+    assert quat_angle(p.quat_wxyz[0], quats[0]) < 1e-12  # held first sample
+    assert quat_angle(p.quat_wxyz[3], quats[3]) < 1e-12  # held last sample
+    assert quat_angle(p.quat_wxyz[2], quat_from_rotvec(np.array([0.0, OMEGA_RPS * 0.025, 0.0]))) < 1e-12
+    np.testing.assert_allclose(p.acc_free_mps2[2], [0.025, 0.0, 0.0], atol=1e-12)
+    assert (p.before[2], p.after[2]) == (1, 2)
+    with pytest.raises(InputShapeError, match="sorted"):
+        pair_track(times[::-1], quats, acc, query)
+    with pytest.raises(InputShapeError, match="x 4"):
+        pair_track(times, quats[:, :3], acc, query)
+
+
+def test_imus_ready_waits_for_a_sample_after_the_frame_but_not_for_dead_sensors() -> None:
+    rng = np.random.default_rng(3)
+    samples, t_true = recording(0, rng, drop_rate=0.0, burst=None, seconds=1.0)
+    live, dead = ReplayImu("live", DeviceConfig(latency_s=LATENCY_S)), ReplayImu("dead", DeviceConfig(latency_s=LATENCY_S))
+    dead._deliver(samples[:5])  # stopped streaming long ago
+    live._deliver(samples[:30])
+    sync = Synchronizer()
+    imus = {ImuSite.HEAD: live, ImuSite.PELVIS: dead}
+    t_frame = t_true[29] + 0.005  # after the newest live sample
+    assert not sync.imus_ready(imus, t_frame)
+    live._deliver(samples[30:31])
+    assert sync.imus_ready(imus, t_frame)
+    assert sync.synchronize(imus, None, time_s=t_frame).imu_present.tolist() == [False, False, False, False, True, False]
