@@ -19,6 +19,9 @@ Subclasses implement ``_setup(client)`` (configure the device, start notificatio
 ``_on_notification(uuid, data, host_time_s)`` and optionally ``_teardown(client)`` and
 ``_housekeeping(client)`` (called every ``housekeeping_interval_s``, e.g. to read the battery).
 
+A device can be given by address or by its advertised name (``WT901BLE68``): a name is
+looked up with a scan at each connect.
+
 Testing: ``backend`` is passed straight to ``bleak.BleakClient(..., backend=...)``; a
 subclass of ``bleak.backends.client.BaseBleakClient`` that serves the GATT table in memory
 lets the tests run the real client end to end without a radio.
@@ -39,9 +42,12 @@ from typing import Any, Sequence, TypeVar
 
 from bleak import BleakClient
 from bleak.backends.client import BaseBleakClient
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import BaseBleakScanner
 from bleak.exc import BleakError
 
 from sensors.device import Device, DeviceConfig
+from sensors.drivers.ble_scan import find_by_name, looks_like_address
 from sensors.samples import Sample
 from vimcan_core.errors import DeviceError, DeviceLost
 
@@ -71,11 +77,13 @@ class BleDevice(Device):
         config: DeviceConfig | None = None,
         ble_config: BleConfig | None = None,
         backend: type[BaseBleakClient] | None = None,
+        scanner_backend: type[BaseBleakScanner] | None = None,
     ) -> None:
         super().__init__(device_id, config)
-        self.address = address
+        self.address = address  # a MAC address / macOS UUID, or an advertised name (found by a scan)
         self.ble_config = ble_config or BleConfig()
         self._backend = backend  # None: the platform's bleak backend; tests inject a fake
+        self._scanner_backend = scanner_backend  # used only to find a device given by name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: BleakClient | None = None
         self._pending: deque[Sample] = deque()
@@ -152,8 +160,11 @@ class BleDevice(Device):
 
     async def _open(self) -> None:
         self._wakeup = asyncio.Event()
+        target: str | BLEDevice = self.address
+        if not looks_like_address(self.address):
+            target = await find_by_name(self.address, self.ble_config.connect_timeout_s, self._scanner_backend)
         client = BleakClient(
-            self.address,
+            target,
             disconnected_callback=self._on_disconnected,
             timeout=self.ble_config.connect_timeout_s,
             backend=self._backend,

@@ -94,8 +94,9 @@ class WitMotionBleDevice(BleDevice):
         config: DeviceConfig | None = None,
         ble_config: BleConfig | None = None,
         backend=None,
+        scanner_backend=None,
     ) -> None:
-        super().__init__(device_id or f"witmotion-ble:{address}", address, config, ble_config, backend)
+        super().__init__(device_id or f"witmotion-ble:{address}", address, config, ble_config, backend, scanner_backend)
         self.wit_config = wit_config or WitMotionBleConfig()
         self._parser = WitMotionBleParser()
         self._skipped_seen = 0

@@ -188,8 +188,9 @@ class MovellaDotDevice(BleDevice):
         config: DeviceConfig | None = None,
         ble_config: BleConfig | None = None,
         backend=None,
+        scanner_backend=None,
     ) -> None:
-        super().__init__(device_id or f"dot:{address}", address, config, ble_config, backend)
+        super().__init__(device_id or f"dot:{address}", address, config, ble_config, backend, scanner_backend)
         self.dot_config = dot_config or MovellaDotConfig()
         self._layout = _LAYOUTS[self.dot_config.payload_mode]
         self._last_ts_us: int | None = None  # unwrapped; kept across reconnects (the sensor's clock runs on)

@@ -7,6 +7,9 @@ radio, is simulated. The peripheral at each address is a ``FakePeripheral`` regi
 ``PERIPHERALS``; a subclass serves the device's GATT table, answers reads and writes and
 streams notifications from a task on the driver's event loop.
 
+``FakeBleakScanner`` does the same for ``BleakScanner(..., backend=...)``: it advertises the
+entries of ``ADVERTISERS``.
+
 Faults a test can inject from its own thread: ``drop_link()`` (the peripheral vanishes: bleak
 reports an unsolicited disconnect) and ``available = False`` (connects fail until it is back).
 """
@@ -19,6 +22,7 @@ from typing import Any, Callable
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient
+from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakError
 
@@ -202,3 +206,34 @@ class FakeBleakBackend(BaseBleakClient):
                 )
                 handle += 2
         return collection
+
+
+# --------------------------------------------------------------------- scanning
+#: what the fake radio hears: (address, advertised name, service uuids, rssi dBm)
+ADVERTISERS: list[tuple[str, str | None, list[str], int]] = []
+
+
+class FakeBleakScanner(BaseBleakScanner):
+    """bleak's abstract scanner fed from ``ADVERTISERS`` (each advertises twice, as real ones repeat)."""
+
+    def __init__(self, detection_callback: Any, service_uuids: Any, scanning_mode: str = "active", **kwargs: Any) -> None:
+        super().__init__(detection_callback, service_uuids)
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.seen_devices = {}
+        self._task = asyncio.get_running_loop().create_task(self._advertise())
+
+    async def _advertise(self) -> None:
+        for _ in range(2):
+            for address, name, uuids, rssi in list(ADVERTISERS):
+                await asyncio.sleep(0.005)
+                if not self.is_allowed_uuid(uuids):
+                    continue
+                adv = AdvertisementData(name, {}, {}, list(uuids), None, rssi, ())
+                device = self.create_or_update_device(address, address, name, None, adv)
+                self.call_detection_callbacks(device, adv)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
