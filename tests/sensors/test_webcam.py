@@ -145,3 +145,42 @@ def test_camera_device_reports_a_missing_camera_and_keeps_retrying() -> None:
     finally:
         dev.stop()
     assert dev.state == DeviceState.STOPPED
+
+
+def test_a_stream_that_stops_is_lost_and_reopened(video: Path) -> None:
+    """A URL source is live: when it stops delivering frames the capture reports it lost, and the
+    camera device goes DISCONNECTED and reopens it (a file:// URL ends like a dropped stream)."""
+    from sensors.camera.camera_device import CameraDevice
+
+    url = video.resolve().as_uri()
+    with WebcamCapture(WebcamConfig(source=url, width_px=90, height_px=160, read_failures_before_lost=5)) as cap:
+        assert cap.kind == SourceKind.URL
+        deadline = time.monotonic() + 20
+        while not cap.lost.is_set() and time.monotonic() < deadline:
+            cap.get(0.05)
+        assert cap.lost.is_set() and not cap.finished.is_set()
+        assert "stopped delivering frames" in cap.error
+        assert cap.grabbed == FRAMES
+
+    states: list[DeviceState] = []
+    dev = CameraDevice(
+        WebcamConfig(source=url, width_px=90, height_px=160, read_failures_before_lost=5),
+        config=DeviceConfig(reconnect_initial_s=0.05, reconnect_max_s=0.1),
+        keep_images=False,
+    )
+    dev.add_state_listener(lambda _id, s: states.append(s))
+    dev.start()
+    try:
+        deadline = time.monotonic() + 30
+        while dev.stats().reconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        n = dev.stats().samples
+        while dev.stats().samples <= n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = dev.stats()
+    finally:
+        dev.stop()
+    assert st.reconnects >= 1 and st.samples > n  # it streamed again after reopening
+    assert "stopped delivering frames" in (st.last_error or "")
+    assert states[:3] == [DeviceState.CONNECTING, DeviceState.STREAMING, DeviceState.DISCONNECTED]
+    assert DeviceState.RECONNECTING in states
