@@ -87,3 +87,12 @@ def test_clock_unwrapping() -> None:
     arr = unwrap_counter(np.array([65534, 65535, 0, 1, 4]), 65536)
     assert arr.tolist() == [65534, 65535, 65536, 65537, 65540]
     assert count_gaps(arr) == 2
+
+
+def test_the_documented_example_in_the_firmware_readme_parses() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "resources" / "firmware" / "README.md").read_text()
+    examples = [ln for ln in readme.splitlines() if ln.startswith("Q,0,17,")]
+    assert len(examples) == 1
+    assert lp.parse_line(examples[0]) == lp.LineSample(0, 17, 123456789, (0.70711, 0.0, 0.70711, 0.0), (0.1, -0.2, 9.0))
