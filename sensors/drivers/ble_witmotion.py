@@ -128,17 +128,22 @@ class WitMotionBleDevice(BleDevice):
         self._set_battery(pct)
         return pct
 
-    async def _configure_rate(self, client: BleakClient, rate_hz: float) -> float:
+    async def _configure_rate(self, client: BleakClient, rate_hz: float, strict: bool = True) -> float:
+        """Unlock, write the rate (and save), read it back. ``strict``: a sensor that keeps another
+        rate is an error; otherwise (on connect) a warning, and streaming goes on at its rate."""
         for cmd in (unlock_command(), rate_command(rate_hz), *((save_command(),) if self.wit_config.save else ())):
             await client.write_gatt_char(WRITE_UUID, cmd, response=False)
             await asyncio.sleep(self.wit_config.command_gap_s)
         code = (await self._read_registers(client, Register.RATE))[0]
         rate = {c: r for r, c in RATE_CODES.items()}.get(code)
         if rate != float(rate_hz):
-            raise DeviceError(f"{self.device_id}: asked for {rate_hz:g} Hz but the rate register reads 0x{code:02X}; "
-                              "the sensor may have refused the unlock (power-cycle it and retry)")
+            msg = (f"{self.device_id}: asked for {rate_hz:g} Hz but the rate register reads 0x{code:02X}; "
+                   "the sensor may have refused the unlock (power-cycle it and retry)")
+            if strict:
+                raise DeviceError(msg)
+            log.warning("%s", msg)
         self.rate_hz = rate
-        return rate
+        return rate if rate is not None else float("nan")
 
     def read_registers(self, start: int) -> tuple[int, ...]:
         """Read eight registers from ``start`` (from any thread, while connected)."""
@@ -163,12 +168,12 @@ class WitMotionBleDevice(BleDevice):
             raise DeviceError(f"{self.device_id}: {self.address} has no WitMotion notify characteristic {NOTIFY_UUID}; "
                               "is it a WitMotion BLE 5.0 sensor (older BLE 4 models use another protocol)?")
         await client.start_notify(NOTIFY_UUID, self._notification_handler)
-        await self._configure_rate(client, self.wit_config.rate_hz)
+        await self._configure_rate(client, self.wit_config.rate_hz, strict=False)
         try:
             await self._read_battery(client)
         except DeviceError as exc:
             log.warning("%s", exc)
-        log.info("%s: streaming at %g Hz, battery %s", self.device_id, self.rate_hz,
+        log.info("%s: streaming at %s Hz, battery %s", self.device_id, self.rate_hz,
                  "?" if self.battery_voltage_v is None else f"{self.battery_voltage_v:.2f} V")
 
     async def _housekeeping(self, client: BleakClient) -> None:

@@ -201,13 +201,18 @@ class MovellaDotDevice(BleDevice):
         self.charging: bool | None = None
 
     # --------------------------------------------------------------- commands
-    async def _set_output_rate(self, client: BleakClient, rate_hz: int) -> int:
+    async def _set_output_rate(self, client: BleakClient, rate_hz: int, strict: bool = True) -> int:
+        """Write the output rate and read it back. ``strict``: a sensor that keeps another rate is
+        an error; otherwise (on connect) it is a warning and the driver goes on at the sensor's rate."""
         self.output_rate_hz = None  # no gap counting while the rate changes
         await client.write_gatt_char(DEVICE_CONTROL_CHAR, output_rate_command(rate_hz), response=True)
         rate = output_rate_from_control(bytes(await client.read_gatt_char(DEVICE_CONTROL_CHAR)))
         if rate != rate_hz:
-            raise DeviceError(f"{self.device_id}: asked for {rate_hz} Hz, the sensor reports {rate} Hz; update its firmware")
-        self.output_rate_hz = rate
+            msg = f"{self.device_id}: asked for {rate_hz} Hz, the sensor reports {rate} Hz; update its firmware (Movella DOT app)"
+            if strict:
+                raise DeviceError(msg)
+            log.warning("%s", msg)
+        self.output_rate_hz = rate if rate in STREAMING_RATES_HZ else None
         return rate
 
     async def _read_battery(self, client: BleakClient) -> float:
@@ -240,7 +245,7 @@ class MovellaDotDevice(BleDevice):
     # ------------------------------------------------------------ BleDevice
     async def _setup(self, client: BleakClient) -> None:
         self._gap_ref_us = None  # the link was down: that gap is not a loss on the air
-        await self._set_output_rate(client, self.dot_config.output_rate_hz)
+        await self._set_output_rate(client, self.dot_config.output_rate_hz, strict=False)
         try:
             await self._read_battery(client)
         except DeviceError as exc:

@@ -80,6 +80,7 @@ class FakeDot(FakePeripheral):
         self.ts_us = WRAP - 20 * 16_667  # starts just before the 32-bit clock wraps
         self.sent: dict[int, int] = {}  # unwrapped timestamp (us) -> packet counter
         self.heading_resets = 0
+        self.accept_rate = True  # False: an old firmware that ignores output rate writes
         self._task: asyncio.Task | None = None
 
     def on_read(self, uuid: str) -> bytes:
@@ -96,7 +97,7 @@ class FakeDot(FakePeripheral):
     def on_write(self, uuid: str, data: bytes) -> None:
         if uuid == DEVICE_CONTROL_CHAR and data[0] & 0x10:
             rate = struct.unpack_from("<H", data, 24)[0]
-            if rate in (1, 4, 10, 12, 15, 20, 30, 60):
+            if rate in (1, 4, 10, 12, 15, 20, 30, 60) and self.accept_rate:
                 self.rate_hz = rate
         elif uuid == MEASUREMENT_CONTROL_CHAR:
             assert data[0] == 1
@@ -273,3 +274,21 @@ def test_extended_quaternion_mode_over_the_medium_characteristic(fake_dot: FakeD
     assert s.acc_free_mps2 is not None
     assert np.linalg.norm(s.quat_wxyz) == pytest.approx(1.0)
     assert dev.stats().dropped == 0 and dev.stats().corrupt == 0
+
+
+def test_a_sensor_that_keeps_its_own_rate_still_streams(fake_dot: FakeDot, caplog: pytest.LogCaptureFixture) -> None:
+    fake_dot.skip.clear()
+    fake_dot.corrupt.clear()
+    fake_dot.rate_hz = 30
+    fake_dot.accept_rate = False
+    dev = MovellaDotDevice(fake_dot.address, MovellaDotConfig(output_rate_hz=60), backend=FakeBleakBackend)
+    dev.start()
+    try:
+        wait_for(lambda: dev.buffer.total_pushed >= 8)
+        assert dev.output_rate_hz == 30  # what the sensor reported, used for loss counting
+        assert dev.stats().dropped == 0
+        assert "asked for 60 Hz, the sensor reports 30 Hz" in caplog.text
+        with pytest.raises(DeviceError, match="asked for 20 Hz"):
+            dev.set_output_rate(20)  # asked for explicitly: refusing is an error
+    finally:
+        dev.stop()
