@@ -1,0 +1,342 @@
+"""Building blocks of VIMCAN: the BiSTSSM block, the STMamba layer, embeddings and fusion.
+
+Token tensors follow one axis order: batch, time, joint (or part / sensor), channel
+(``B x T x J x C``). A block that mixes along one axis receives a batch of sequences
+``Ns x L x C`` where the other axes were folded into ``Ns`` (joints into the batch for the
+temporal scans, frames into the batch for the spatial scans), so nothing loops over time or
+joints in Python.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vimcan_core.errors import VimcanError
+from vimcan_core.model.config import VimcanConfig
+from vimcan_core.model.scan import ScanBackend, selective_scan
+
+
+@dataclass(frozen=True)
+class SSMState:
+    """The carried state of one causal mixer: the last ``d_conv - 1`` conv inputs and the SSM state."""
+
+    conv: Tensor  # Ns x Di x (d_conv - 1)
+    ssm: Tensor  # Ns x Di x N
+
+
+class SSMMixer(nn.Module):
+    """The Mamba mixer, in one or two directions (Vim-style: a separate conv, x/dt projections,
+    A and D per direction; in/out projections shared; the two directions summed before the gate).
+
+    in_proj -> (x, z); x: causal depthwise conv + SiLU -> selective scan -> (sum of directions)
+    * SiLU(z) -> out_proj. Input and output Ns x L x C.
+    """
+
+    def __init__(self, dim: int, config: VimcanConfig, bidirectional: bool) -> None:
+        super().__init__()
+        self.dim = dim
+        self.d_inner = config.expand * dim
+        self.d_state = config.d_state
+        self.d_conv = config.d_conv
+        self.dt_rank = math.ceil(dim / 16)
+        self.num_dirs = 2 if bidirectional else 1
+        self.scan_backend = ScanBackend.AUTO
+        k, di, n, r = self.num_dirs, self.d_inner, self.d_state, self.dt_rank
+        self.in_proj = nn.Linear(dim, 2 * di, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(k * di, 1, self.d_conv))
+        self.conv_bias = nn.Parameter(torch.zeros(k * di))
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, di))
+        self.dt_proj_weight = nn.Parameter(torch.empty(k, di, r))
+        self.dt_bias = nn.Parameter(torch.empty(k * di))
+        self.A_log = nn.Parameter(torch.empty(k * di, n))
+        self.D = nn.Parameter(torch.ones(k * di))
+        self.out_proj = nn.Linear(di, dim, bias=False)
+        self._init_mamba(config)
+
+    @torch.no_grad()
+    def _init_mamba(self, config: VimcanConfig) -> None:
+        """Mamba's initialisation: A = -exp(A_log), A_log = log(1..N); dt log-uniform in
+        [dt_min, dt_max] stored as the inverse softplus in the dt bias; D = 1."""
+        di, n = self.d_inner, self.d_state
+        fan_conv = self.d_conv  # nn.Conv1d default: kaiming-uniform over the kernel
+        bound = 1.0 / math.sqrt(fan_conv)
+        self.conv_weight.uniform_(-bound, bound)
+        self.conv_bias.uniform_(-bound, bound)
+        nn.init.uniform_(self.x_proj_weight, -1.0 / math.sqrt(di), 1.0 / math.sqrt(di))
+        dt_std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj_weight, -dt_std, dt_std)
+        dt = torch.exp(
+            torch.rand(self.num_dirs * di) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min)
+        ).clamp(min=config.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(self.num_dirs * di, 1))
+        self.D.fill_(1.0)
+        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        self.D._no_weight_decay = True  # type: ignore[attr-defined]
+
+    def forward(self, x: Tensor) -> Tensor:
+        Ns, L, C = x.shape
+        k, di, n, r = self.num_dirs, self.d_inner, self.d_state, self.dt_rank
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # Ns x L x Di each
+        xs = xs.transpose(1, 2)  # Ns x Di x L
+        if k == 2:
+            xs = torch.cat((xs, xs.flip(-1)), dim=1)  # Ns x 2Di x L (second half runs backwards)
+        xs = F.conv1d(F.pad(xs, (self.d_conv - 1, 0)), self.conv_weight, self.conv_bias, groups=k * di)  # Ns x kDi x L
+        xs = F.silu(xs)
+        proj = torch.einsum("kod,nkdl->nkol", self.x_proj_weight, xs.view(Ns, k, di, L))  # Ns x k x (R+2N) x L
+        dt, Bm, Cm = proj.split((r, n, n), dim=2)  # Ns x k x R x L, Ns x k x N x L, Ns x k x N x L
+        delta = torch.einsum("kdr,nkrl->nkdl", self.dt_proj_weight, dt).reshape(Ns, k * di, L)  # Ns x kDi x L
+        y = selective_scan(
+            xs, delta, -torch.exp(self.A_log), Bm.contiguous(), Cm.contiguous(), self.D,
+            delta_bias=self.dt_bias, delta_softplus=True, backend=self.scan_backend,
+        )  # Ns x kDi x L
+        if k == 2:
+            y = y[:, :di] + y[:, di:].flip(-1)  # Ns x Di x L
+        y = y.transpose(1, 2) * F.silu(z)  # Ns x L x Di
+        return self.out_proj(y)  # Ns x L x C
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
+        """Zero state for ``batch`` sequences (equals the zero padding of the causal conv)."""
+        if self.num_dirs != 1:
+            raise VimcanError("only a causal (one-direction) mixer can be stepped; build the model with streaming=True")
+        di = self.d_inner
+        return SSMState(
+            conv=torch.zeros(batch, di, self.d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, di, self.d_state, device=device, dtype=dtype),
+        )
+
+    def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
+        """One time step of the causal mixer: x Ns x C -> Ns x C and the new state."""
+        if self.num_dirs != 1:
+            raise VimcanError("only a causal (one-direction) mixer can be stepped; build the model with streaming=True")
+        n, r = self.d_state, self.dt_rank
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # Ns x Di each
+        window = torch.cat((state.conv, xs[..., None]), dim=-1)  # Ns x Di x d_conv
+        xs = F.silu((window * self.conv_weight[:, 0, :]).sum(-1) + self.conv_bias)  # Ns x Di
+        dt, Bm, Cm = (xs @ self.x_proj_weight[0].t()).split((r, n, n), dim=-1)  # Ns x R, Ns x N, Ns x N
+        delta = F.softplus(dt @ self.dt_proj_weight[0].t() + self.dt_bias)  # Ns x Di
+        A = -torch.exp(self.A_log)  # Di x N
+        h = torch.exp(delta[..., None] * A) * state.ssm + (delta * xs)[..., None] * Bm[:, None, :]  # Ns x Di x N
+        y = (h * Cm[:, None, :]).sum(-1) + self.D * xs  # Ns x Di
+        y = y * F.silu(z)
+        return self.out_proj(y), SSMState(conv=window[..., 1:], ssm=h)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear, ... x C -> ... x C."""
+
+    def __init__(self, dim: int, ratio: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(round(dim * ratio))
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class BiSTSSM(nn.Module):
+    """The paper's BiSTSSM block (pre-norm, as Mamba/Vim blocks): x + SSM(LN(x)), then x + MLP(LN(x)).
+
+    Input and output Ns x L x C. ``bidirectional=False`` gives the causal variant, steppable.
+    """
+
+    def __init__(self, dim: int, config: VimcanConfig, bidirectional: bool = True) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = SSMMixer(dim, config, bidirectional)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, config.mlp_ratio, config.dropout)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop(self.mixer(self.norm1(x)))  # Ns x L x C
+        return x + self.mlp(self.norm2(x))
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
+        return self.mixer.init_state(batch, device, dtype)
+
+    def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
+        """x Ns x C (one time step) -> Ns x C, new state."""
+        y, state = self.mixer.step(self.norm1(x), state)
+        x = x + self.drop(y)
+        return x + self.mlp(self.norm2(x)), state
+
+
+class STMamba(nn.Module):
+    """A spatial BiSTSSM over the tokens of each frame, then a temporal BiSTSSM over the frames
+    of each token. Input and output B x T x J x C.
+
+    ``segments`` says how the spatial scan walks the J tokens: one segment is one scanned
+    sequence, e.g. ``(SKELETON_SCAN_ORDER,)`` (every parent before its children) or the five
+    body parts scanned separately (part-aware). Segments of equal length are stacked into the
+    batch, so the five parts cost two scans (the 5-joint torso and the four 3-joint limbs).
+    Spatial scans are always bidirectional; the temporal scan is forward-only when ``causal``.
+    """
+
+    def __init__(self, dim: int, config: VimcanConfig, segments: tuple[tuple[int, ...], ...], causal: bool) -> None:
+        super().__init__()
+        self.spatial = BiSTSSM(dim, config, bidirectional=True)
+        self.temporal = BiSTSSM(dim, config, bidirectional=not causal)
+        self.causal = causal
+        order = [j for seg in segments for j in seg]
+        num_tokens = len(order)
+        if sorted(order) != list(range(num_tokens)):
+            raise VimcanError(f"STMamba segments must cover tokens 0..{num_tokens - 1} once each, got {segments}")
+        self.num_tokens = num_tokens
+        self.identity_order = len(segments) == 1 and order == list(range(num_tokens))
+        # segments grouped by length; each group becomes one batch of sequences
+        lengths = sorted({len(s) for s in segments}, key=lambda n: [len(s) for s in segments].index(n))
+        self._group_lengths = tuple(lengths)
+        group_order: list[int] = []
+        for i, length in enumerate(lengths):
+            idx = torch.tensor([s for s in segments if len(s) == length], dtype=torch.long)  # nseg x len
+            self.register_buffer(f"_group{i}", idx, persistent=False)
+            group_order.extend(idx.flatten().tolist())
+        self.register_buffer("_inverse", torch.argsort(torch.tensor(group_order)), persistent=False)
+
+    def spatial_mix(self, x: Tensor) -> Tensor:
+        """Spatial BiSTSSM over the tokens of each frame: Nf x J x C -> Nf x J x C."""
+        Nf, J, C = x.shape
+        if self.identity_order:
+            return self.spatial(x)
+        outs = []
+        for i, _ in enumerate(self._group_lengths):
+            idx = getattr(self, f"_group{i}")  # nseg x len
+            seq = x[:, idx]  # Nf x nseg x len x C
+            y = self.spatial(seq.reshape(Nf * idx.shape[0], idx.shape[1], C))  # (Nf nseg) x len x C
+            outs.append(y.reshape(Nf, idx.numel(), C))
+        return torch.cat(outs, dim=1)[:, self._inverse]  # Nf x J x C, back in joint order
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, J, C = x.shape
+        x = self.spatial_mix(x.reshape(B * T, J, C)).view(B, T, J, C)
+        xt = x.transpose(1, 2).reshape(B * J, T, C)  # (B J) x T x C
+        xt = self.temporal(xt)
+        return xt.view(B, J, T, C).transpose(1, 2)  # B x T x J x C
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
+        return self.temporal.init_state(batch * self.num_tokens, device, dtype)
+
+    def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
+        """One frame: x B x J x C -> B x J x C, new state (causal model only)."""
+        B, J, C = x.shape
+        x = self.spatial_mix(x)
+        y, state = self.temporal.step(x.reshape(B * J, C), state)
+        return y.view(B, J, C), state
+
+
+def quat_to_matrix_torch(q: Tensor) -> Tensor:
+    """... x 4 quaternions (w x y z, normalised here) -> ... x 9 row-major rotation matrices.
+    The matrix does not change when q changes sign, so the network sees no sign ambiguity."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        (
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ),
+        dim=-1,
+    )
+
+
+class VisualEmbedding(nn.Module):
+    """2D keypoints B x T x 17 x 3 (x, y, confidence) -> tokens B x T x 17 x De.
+
+    Joints with confidence 0 have their (x, y) zeroed first, so a missing joint is only
+    visible to the network through its confidence."""
+
+    def __init__(self, dim: int, num_joints: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, dim)
+        self.joint_embed = nn.Parameter(torch.zeros(num_joints, dim))
+        nn.init.trunc_normal_(self.joint_embed, std=0.02)
+
+    def forward(self, keypoints: Tensor) -> Tensor:
+        conf = keypoints[..., 2:3]  # B x T x 17 x 1
+        xy = torch.where(conf > 0, keypoints[..., :2], torch.zeros_like(keypoints[..., :2]))  # B x T x 17 x 2
+        return self.proj(torch.cat((xy, conf), dim=-1)) + self.joint_embed  # B x T x 17 x De
+
+
+class InertialEmbedding(nn.Module):
+    """Bone orientations B x T x 6 x 4 (+ validity B x T x 6) -> part tokens B x T x G' x De.
+
+    Each sensor's rotation matrix is embedded (plus a sensor embedding); a missing sensor's
+    embedding is replaced by a learned "missing" token. The sensor tokens are then grouped by
+    the kinematic prior into body-part tokens (the mean of the part's sensors plus a part
+    embedding). ``membership`` is G' x 6 (G' = G, or 6 when G = 0: no grouping)."""
+
+    def __init__(self, dim: int, membership: Tensor) -> None:
+        super().__init__()
+        num_tokens, num_sensors = membership.shape
+        self.proj = nn.Linear(9, dim)
+        self.sensor_embed = nn.Parameter(torch.zeros(num_sensors, dim))
+        self.missing_token = nn.Parameter(torch.zeros(dim))
+        self.part_embed = nn.Parameter(torch.zeros(num_tokens, dim))
+        for p in (self.sensor_embed, self.missing_token, self.part_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        weights = membership / membership.sum(dim=1, keepdim=True)
+        self.register_buffer("weights", weights, persistent=False)  # G' x 6, rows sum to 1
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, quats: Tensor, valid: Tensor) -> Tensor:
+        identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=quats.dtype, device=quats.device)
+        q = torch.where(valid[..., None], quats, identity)  # B x T x 6 x 4 (missing: any finite value)
+        tok = self.proj(quat_to_matrix_torch(q))  # B x T x 6 x De
+        tok = torch.where(valid[..., None], tok, self.missing_token) + self.sensor_embed
+        parts = torch.einsum("gs,btsc->btgc", self.weights, tok) + self.part_embed  # B x T x G' x De
+        return self.norm(parts)
+
+
+class GroupedCrossAttention(nn.Module):
+    """Per-frame multi-head attention from visual joint tokens (queries) to a few key/value
+    tokens, the residual added to the queries only, then an MLP (pre-norm).
+
+    For the paper's fusion the keys/values are the inertial part tokens; ``query_groups``
+    (the body part of each joint) gives each head a learned bias over (joint part, inertial
+    part), initialised to ``prior`` for a joint's own part and 0 elsewhere, so a joint attends
+    first to the sensors of its own part. Attention covers only the tokens of one frame: the
+    cost is linear in T. With keys/values = the queries it is the vision-only self-attention
+    ablation.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, num_kv: int,
+                 query_groups: tuple[int, ...] | None = None, prior: float = 0.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.kv_proj = nn.Linear(dim, 2 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+        if query_groups is not None:
+            bias = torch.zeros(num_heads, max(query_groups) + 1, num_kv)
+            for g in range(bias.shape[1]):
+                bias[:, g, g] = prior
+            self.group_bias = nn.Parameter(bias)  # heads x groups x Nkv
+            self.register_buffer("query_groups", torch.tensor(query_groups, dtype=torch.long), persistent=False)
+        else:
+            self.group_bias = None
+
+    def forward(self, xq: Tensor, xkv: Tensor | None = None) -> Tensor:
+        """xq Nf x Jq x C (visual tokens of Nf frames), xkv Nf x Jk x C (None: self-attention)."""
+        Nf, Jq, C = xq.shape
+        h = self.num_heads
+        q_in = self.norm_q(xq)
+        kv_in = q_in if xkv is None else self.norm_kv(xkv)
+        q = self.q_proj(q_in).view(Nf, Jq, h, C // h).transpose(1, 2)  # Nf x h x Jq x Ch
+        k, v = self.kv_proj(kv_in).view(Nf, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x Nf x h x Jk x Ch
+        mask = None if self.group_bias is None else self.group_bias[:, self.query_groups]  # h x Jq x Jk
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # Nf x h x Jq x Ch
+        xq = xq + self.drop(self.out_proj(att.transpose(1, 2).reshape(Nf, Jq, C)))
+        return xq + self.mlp(self.norm_mlp(xq))

@@ -1,0 +1,327 @@
+"""The selective scan of Mamba (S6), with three interchangeable backends.
+
+One function, ``selective_scan``, with the semantics of ``mamba_ssm``'s ``selective_scan_ref``::
+
+    delta = softplus(delta + delta_bias)            (each optional)
+    h_t   = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t      h: b x d x n, h_{-1} = initial_state or 0
+    y_t   = C_t . h_t + D * u_t
+    out   = y * silu(z)
+
+Shapes (``r`` = real):
+
+* ``u``, ``delta``, ``z``: r(b d l)
+* ``A``: r(d n) (negative real parts: ``A = -exp(A_log)``)
+* ``B``, ``C``: r(b n l), or r(b g n l) where the d channels are split into g equal groups and
+  group k uses ``B[:, k]`` (mamba's "variable B/C with groups"; we use it to run the two
+  directions of a bidirectional scan as one call)
+* ``D``, ``delta_bias``: r(d)
+* ``initial_state`` (our addition, for streaming and tests): r(b d n)
+* returns ``out`` r(b d l), and with ``return_last_state`` also ``last_state`` r(b d n).
+
+Backends (``ScanBackend``):
+
+* ``REFERENCE``: the plain sequential recurrence, one time step at a time. Slow; ground truth.
+* ``CHUNKED``: vectorised pure PyTorch, the default on CPU. Time is cut into chunks; inside a chunk
+  the recurrence is solved in closed form with cumulative sums of the log decays
+  (``h_t = e^{c_t} (h_0 + sum_{s<=t} e^{-c_s} x_s)``, ``c`` the cumulative ``delta * A``). The chunk
+  length is chosen so that ``|c| <= SAFE_LOG`` inside a chunk, so the exponentials never
+  overflow, whatever the sequence length. It is a custom autograd function: the forward pass keeps
+  only the state at each chunk start, the backward pass recomputes the chunk's states and runs the
+  adjoint recurrence in the same closed form. Batch and chunk are both sliced so no temporary
+  exceeds ``MAX_CHUNK_ELEMENTS`` elements (never a full b x d x l x n tensor).
+* ``CUDA``: ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (fused kernel) for
+  CUDA tensors, when ``mamba_ssm`` imports.
+* ``AUTO``: ``CUDA`` when possible, else ``CHUNKED`` (logged once).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from enum import Enum
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vimcan_core.errors import InputShapeError, VimcanError
+
+log = logging.getLogger(__name__)
+
+#: largest |cumulative log decay| allowed inside one chunk (e^40 ~ 2e17, far from float32 overflow)
+SAFE_LOG = 40.0
+#: longest chunk along time (longer chunks: fewer Python iterations, larger temporaries)
+MAX_CHUNK_LEN = 128
+#: cap on the elements of one b_slice x d x l_chunk x n temporary (4M floats = 16 MB)
+MAX_CHUNK_ELEMENTS = 1 << 22
+
+
+class ScanBackend(Enum):
+    """Which implementation of the selective scan runs."""
+
+    AUTO = "auto"
+    REFERENCE = "reference"
+    CHUNKED = "chunked"
+    CUDA = "cuda"
+
+
+class BackendUnavailable(VimcanError, RuntimeError):
+    """A requested scan backend cannot run here (missing package or device)."""
+
+
+@lru_cache(maxsize=1)
+def _mamba_ssm_fn():
+    """``selective_scan_fn`` from ``mamba_ssm``, or None when it does not import."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # type: ignore
+    except Exception as exc:  # ImportError, or a CUDA extension that fails to load
+        log.debug("mamba_ssm unavailable: %s", exc)
+        return None
+    return selective_scan_fn
+
+
+def cuda_scan_available() -> bool:
+    """True when ``mamba_ssm``'s fused kernel imports and a CUDA device is present."""
+    return torch.cuda.is_available() and _mamba_ssm_fn() is not None
+
+
+_logged_choice: set[str] = set()
+
+
+def resolve_backend(backend: ScanBackend, device: torch.device, needs_initial_state: bool = False) -> ScanBackend:
+    """The backend that will actually run for tensors on ``device`` (AUTO resolved)."""
+    if backend is ScanBackend.CUDA:
+        if _mamba_ssm_fn() is None:
+            raise BackendUnavailable(
+                "scan backend 'cuda' needs mamba_ssm, which is not installed or does not load. "
+                "To use it, install it on a CUDA machine: pip install mamba-ssm causal-conv1d "
+                "(or use backend 'auto' / 'chunked')."
+            )
+        if device.type != "cuda":
+            raise BackendUnavailable(f"scan backend 'cuda' needs CUDA tensors, got tensors on {device}")
+        if needs_initial_state:
+            raise BackendUnavailable("scan backend 'cuda' does not take an initial_state; use 'chunked'")
+        return backend
+    if backend is ScanBackend.AUTO:
+        use_cuda = device.type == "cuda" and not needs_initial_state and _mamba_ssm_fn() is not None
+        chosen = ScanBackend.CUDA if use_cuda else ScanBackend.CHUNKED
+        key = f"{device.type}:{chosen.value}"
+        if key not in _logged_choice:
+            _logged_choice.add(key)
+            log.info("selective scan on %s uses the %s backend", device.type, chosen.value)
+        return chosen
+    return backend
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[int, int, int, int, int]:
+    """Validate the argument shapes; returns (b, d, l, n, g)."""
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise InputShapeError(f"selective_scan: u and delta must both be b x d x l, got {tuple(u.shape)} and {tuple(delta.shape)}")
+    b, d, l = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise InputShapeError(f"selective_scan: A must be d x n = {d} x n, got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, m in (("B", B), ("C", C)):
+        ok3 = m.dim() == 3 and tuple(m.shape) == (b, n, l)
+        ok4 = m.dim() == 4 and m.shape[0] == b and m.shape[2:] == (n, l) and d % m.shape[1] == 0
+        if not (ok3 or ok4):
+            raise InputShapeError(
+                f"selective_scan: {name} must be b x n x l = {b} x {n} x {l} or b x g x n x l with g dividing d={d}, "
+                f"got {tuple(m.shape)}"
+            )
+    gB = 1 if B.dim() == 3 else B.shape[1]
+    gC = 1 if C.dim() == 3 else C.shape[1]
+    if gB != gC:
+        raise InputShapeError(f"selective_scan: B and C must have the same number of groups, got {gB} and {gC}")
+    return b, d, l, n, gB
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: Tensor | None = None,
+    backend: ScanBackend = ScanBackend.AUTO,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The selective scan (see the module docstring for the shapes and the recurrence)."""
+    b, d, l, n, g = _check_shapes(u, delta, A, B, C)
+    chosen = resolve_backend(backend, u.device, needs_initial_state=initial_state is not None)
+    if chosen is ScanBackend.CUDA:
+        fn = _mamba_ssm_fn()
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None].to(delta.dtype)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    if chosen is ScanBackend.REFERENCE:
+        y, last = _scan_reference(u, delta, A, B, C, initial_state)
+    else:
+        Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
+        Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
+        h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
+        y, last = _ChunkedScan.apply(u, delta, A, Bg, Cg, h0)
+    if D is not None:
+        y = y + u * D[:, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, last) if return_last_state else y
+
+
+def _scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The sequential recurrence (after delta_bias/softplus); returns y b x d x l and h_last b x d x n."""
+    b, d, l = u.shape
+    n = A.shape[1]
+    if B.dim() == 4:  # b x g x n x l -> b x d x n x l, each group repeated over its channels
+        B = B.repeat_interleave(d // B.shape[1], dim=1)
+        C = C.repeat_interleave(d // C.shape[1], dim=1)
+    else:
+        B = B.unsqueeze(1)  # b x 1 x n x l
+        C = C.unsqueeze(1)
+    h = h0 if h0 is not None else u.new_zeros(b, d, n)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(delta[:, :, t, None] * A)  # b x d x n
+        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]  # b x d x n
+        ys.append((h * C[..., t]).sum(-1))  # b x d
+    return torch.stack(ys, dim=-1), h
+
+
+def _plan(u: Tensor, delta: Tensor, A: Tensor, g: int) -> tuple[int, int]:
+    """Chunk length along time and batch slice size for the chunked scan."""
+    b, d, l = u.shape
+    n = A.shape[1]
+    # the largest one-step log decay |delta * A| bounds the cumulative decay inside a chunk
+    max_step = float((delta.detach().abs().amax() * A.detach().abs().amax()).item()) if u.numel() else 0.0
+    safe_len = l if max_step <= 0 else max(1, int(SAFE_LOG / max_step))
+    lc = max(1, min(l, MAX_CHUNK_LEN, safe_len))
+    bs = max(1, min(b, MAX_CHUNK_ELEMENTS // max(1, d * n * lc)))
+    return lc, bs
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """Chunked closed-form scan with a recomputing backward.
+
+    Shapes inside: u, delta b x g x dg x l (dg = d / g); A g x dg x n; B, C b x g x n x l;
+    per-chunk tensors bs x g x dg x lc x n.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor):  # noqa: D401
+        b, d, l = u.shape
+        g, n = B.shape[1], B.shape[2]
+        dg = d // g
+        lc, bs = _plan(u, delta, A, g)
+        u4 = u.view(b, g, dg, l)
+        delta4 = delta.view(b, g, dg, l)
+        A3 = A.view(g, dg, n)
+        Bt = B.transpose(-1, -2)  # b x g x l x n
+        Ct = C.transpose(-1, -2)  # b x g x l x n
+        n_chunks = math.ceil(l / lc)
+        y = u.new_empty(b, g, dg, l)
+        last = u.new_empty(b, g, dg, n)
+        # the state at the start of every chunk after the first (the first is h0): for backward
+        starts = u.new_empty(n_chunks - 1, b, g, dg, n) if n_chunks > 1 else None
+        for b0 in range(0, b, bs):
+            b1 = min(b, b0 + bs)
+            h = h0[b0:b1].view(b1 - b0, g, dg, n)
+            for k, t0 in enumerate(range(0, l, lc)):
+                t1 = min(l, t0 + lc)
+                if k > 0:
+                    starts[k - 1, b0:b1] = h
+                hs = _chunk_states(u4[b0:b1, :, :, t0:t1], delta4[b0:b1, :, :, t0:t1], A3, Bt[b0:b1, :, t0:t1], h)
+                y[b0:b1, :, :, t0:t1] = torch.einsum("bgdln,bgln->bgdl", hs, Ct[b0:b1, :, t0:t1])
+                h = hs[:, :, :, -1]
+            last[b0:b1] = h
+        ctx.save_for_backward(u, delta, A, B, C, h0, starts if starts is not None else u.new_empty(0))
+        ctx.plan = (lc, bs)
+        return y.view(b, d, l), last.view(b, d, n)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor, glast: Tensor):
+        u, delta, A, B, C, h0, starts = ctx.saved_tensors
+        lc, bs = ctx.plan
+        b, d, l = u.shape
+        g, n = B.shape[1], B.shape[2]
+        dg = d // g
+        u4 = u.view(b, g, dg, l)
+        delta4 = delta.view(b, g, dg, l)
+        A3 = A.view(g, dg, n)
+        Bt = B.transpose(-1, -2)  # b x g x l x n
+        Ct = C.transpose(-1, -2)
+        gy4 = (gy if gy is not None else u.new_zeros(b, d, l)).contiguous().view(b, g, dg, l)
+        g_u = torch.empty_like(u4)
+        g_delta = torch.empty_like(delta4)
+        g_A = torch.zeros_like(A3)
+        g_Bt = torch.empty_like(Bt)
+        g_Ct = torch.empty_like(Ct)
+        g_h0 = torch.empty(b, g, dg, n, dtype=u.dtype, device=u.device)
+        chunk_starts = list(range(0, l, lc))
+        for b0 in range(0, b, bs):
+            b1 = min(b, b0 + bs)
+            # adjoint of the state after the chunk: gradient flowing into h_{t1 - 1} from later on
+            carry = (glast[b0:b1].view(b1 - b0, g, dg, n).clone() if glast is not None
+                     else u.new_zeros(b1 - b0, g, dg, n))
+            for k in reversed(range(len(chunk_starts))):
+                t0 = chunk_starts[k]
+                t1 = min(l, t0 + lc)
+                h_start = h0[b0:b1].view(b1 - b0, g, dg, n) if k == 0 else starts[k - 1, b0:b1]
+                uc = u4[b0:b1, :, :, t0:t1]  # bs x g x dg x lc
+                dc = delta4[b0:b1, :, :, t0:t1]
+                Bc = Bt[b0:b1, :, t0:t1]  # bs x g x lc x n
+                Cc = Ct[b0:b1, :, t0:t1]
+                gyc = gy4[b0:b1, :, :, t0:t1]
+                dA = dc[..., None] * A3[None, :, :, None, :]  # bs x g x dg x lc x n
+                cum = dA.cumsum(-2)
+                hs = _chunk_states(uc, dc, A3, Bc, h_start, dA=dA, cum=cum)  # bs x g x dg x lc x n
+                # adjoint recurrence gh_t = C_t gy_t + a_{t+1} gh_{t+1}, solved backwards in closed form
+                e_cum = cum.exp()
+                x = gyc[..., None] * Cc[:, :, None]  # bs x g x dg x lc x n
+                rev = (e_cum * x).flip(-2).cumsum(-2).flip(-2)
+                gh = (rev + e_cum[..., -1:, :] * carry[..., None, :]) * torch.exp(-cum)
+                h_prev = torch.cat((h_start[..., None, :], hs[..., :-1, :]), dim=-2)
+                g_dA = gh * h_prev * dA.exp()  # bs x g x dg x lc x n
+                carry = gh[..., 0, :] * dA[..., 0, :].exp()  # adjoint of h_start
+                du = dc * uc  # bs x g x dg x lc
+                g_du = torch.einsum("bgdln,bgln->bgdl", gh, Bc)
+                g_Bt[b0:b1, :, t0:t1] = torch.einsum("bgdln,bgdl->bgln", gh, du)
+                g_Ct[b0:b1, :, t0:t1] = torch.einsum("bgdln,bgdl->bgln", hs, gyc)
+                g_delta[b0:b1, :, :, t0:t1] = torch.einsum("bgdln,gdn->bgdl", g_dA, A3) + g_du * uc
+                g_u[b0:b1, :, :, t0:t1] = g_du * dc
+                g_A += torch.einsum("bgdln,bgdl->gdn", g_dA, dc)
+            g_h0[b0:b1] = carry
+        return (
+            g_u.view(b, d, l),
+            g_delta.view(b, d, l),
+            g_A.view(d, n),
+            g_Bt.transpose(-1, -2),
+            g_Ct.transpose(-1, -2),
+            g_h0.view(b, d, n),
+        )
+
+
+def _chunk_states(
+    u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, h_start: Tensor,
+    dA: Tensor | None = None, cum: Tensor | None = None,
+) -> Tensor:
+    """States of one chunk in closed form.
+
+    u, delta: bs x g x dg x lc; A: g x dg x n; Bt: bs x g x lc x n; h_start: bs x g x dg x n.
+    Returns h: bs x g x dg x lc x n with h_t = e^{c_t} (h_start + sum_{s<=t} e^{-c_s} delta_s u_s B_s).
+    """
+    if dA is None:
+        dA = delta[..., None] * A[None, :, :, None, :]  # bs x g x dg x lc x n
+    if cum is None:
+        cum = dA.cumsum(-2)
+    x = (delta * u)[..., None] * Bt[:, :, None]  # bs x g x dg x lc x n
+    acc = (torch.exp(-cum) * x).cumsum(-2)
+    acc += h_start[..., None, :]
+    return acc * cum.exp()
