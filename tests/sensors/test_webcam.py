@@ -79,10 +79,10 @@ def test_resize_to_the_requested_resolution(video: Path) -> None:
 
 
 def test_realtime_playback_is_paced_and_drops_stale_frames(video: Path) -> None:
-    speed = 20.0  # 100 frames per second, faster than the 30 ms consumer below
+    speed = 40.0  # 200 frames per second, far faster than the 50 ms consumer below
     cfg = WebcamConfig(source=str(video), width_px=180, height_px=320, playback=PlaybackMode.REALTIME, speed=speed)
     with WebcamCapture(cfg) as cap:
-        frames = drain(cap, consume_s=0.03)
+        frames = drain(cap, consume_s=0.05)
         dropped, grabbed = cap.dropped, cap.grabbed
     idx = [f.index for f in frames]
     assert idx == sorted(idx) and len(set(idx)) == len(idx)  # in order, never twice
