@@ -59,6 +59,11 @@ class BleDeviceInfo:
     service_uuids: tuple[str, ...] = ()
 
     @property
+    def rssi(self) -> int | None:
+        """``rssi_dbm`` under the name the ``vimcan devices`` table uses."""
+        return self.rssi_dbm
+
+    @property
     def spec(self) -> str | None:
         """The device spec that opens it (``dot:D4:22:...``), None when unrecognised."""
         return None if self.kind == BleSensorKind.UNKNOWN else f"{self.kind.value}:{self.address}"
