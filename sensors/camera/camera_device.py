@@ -26,6 +26,10 @@ from vimcan_core.errors import DeviceLost
 
 log = logging.getLogger(__name__)
 
+#: default buffer length: 2 s at 30 fps. Each frame keeps its image for the preview (0.9 MB at
+#: 640 x 480, 2.8 MB at 1280 x 720), so the IMUs' 4096-sample default would hold gigabytes.
+CAMERA_BUFFER_FRAMES = 64
+
 
 class CameraDevice(Device):
     """A webcam (or video file, or stream) delivering H36M-17 keypoints with confidences."""
@@ -41,7 +45,7 @@ class CameraDevice(Device):
         keep_images: bool = True,
     ) -> None:
         webcam = webcam or WebcamConfig()
-        super().__init__(device_id or f"camera:{webcam.source}", config)
+        super().__init__(device_id or f"camera:{webcam.source}", config or DeviceConfig(buffer_capacity=CAMERA_BUFFER_FRAMES))
         self.webcam_config = webcam
         self.pose_config = pose or PoseConfig()
         self.keep_images = keep_images  # attach each frame's image to its KeypointFrame (for the preview)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sensors.camera.camera_device import CameraDevice
+from sensors.camera.camera_device import CAMERA_BUFFER_FRAMES, CameraDevice
 from sensors.camera.mediapipe_pose import (
     HEAD_TOP_FACE_RATIO,
     SPINE_FRACTION,
@@ -22,7 +22,7 @@ from sensors.camera.mediapipe_pose import (
     mediapipe_ms_per_frame,
 )
 from sensors.camera.webcam import PlaybackMode, WebcamConfig
-from sensors.device import DeviceKind, DeviceState
+from sensors.device import DeviceConfig, DeviceKind, DeviceState
 from sensors.samples import KeypointFrame
 from vimcan_core.errors import DeviceError
 from vimcan_core.skeleton import NUM_JOINTS, Joint as J
@@ -150,9 +150,11 @@ def test_video_geometry_left_right_and_stable_bones(squats: dict) -> None:
 def test_camera_device_delivers_keypoint_frames_in_order(video_dir: Path, squats: dict) -> None:
     dev = CameraDevice(
         WebcamConfig(source=str(video_dir / "pose_squats.mp4"), width_px=None, height_px=None, playback=PlaybackMode.FAST),
+        config=DeviceConfig(buffer_capacity=128),
         keep_images=False,
     )
     assert dev.kind == DeviceKind.CAMERA
+    assert CameraDevice(WebcamConfig()).config.buffer_capacity == CAMERA_BUFFER_FRAMES  # images are big: a short default
     dev.start()
     try:
         deadline = time.monotonic() + 60
