@@ -190,10 +190,10 @@ class _Track:
         self.acc[k:k + m] = [(np.nan,) * 3 if s.acc_free_mps2 is None else s.acc_free_mps2 for s in imu]
         self.count += m
 
-    def times(self, device: Device, use_device_clock: bool) -> np.ndarray:
-        """The samples' instants on the host clock (see the module docstring)."""
-        host = self.host[:self.count]
-        dev = self.device[:self.count]
+    def times(self, device: Device, use_device_clock: bool, start: int = 0) -> np.ndarray:
+        """Instants on the host clock (see the module docstring) of samples ``start:``."""
+        host = self.host[start:self.count]
+        dev = self.device[start:self.count]
         offset = device.clock.offset_s
         latency = device.config.latency_s
         if use_device_clock and offset is not None:
@@ -201,6 +201,34 @@ class _Track:
         else:
             t = host.copy()
         return t - latency
+
+    def window(self, device: Device, use_device_clock: bool, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The newest ``size`` samples, sorted by instant: (times, quats x 4, acc x 3, host times)."""
+        start = max(0, self.count - size)
+        times = self.times(device, use_device_clock, start)
+        quats, acc, host = self.quat[start:self.count], self.acc[start:self.count], self.host[start:self.count]
+        if np.any(times[1:] < times[:-1]):  # e.g. a device clock that restarted on reconnect
+            order = np.argsort(times, kind="stable")
+            times, quats, acc, host = times[order], quats[order], acc[order], host[order]
+        return times, quats, acc, host
+
+
+def _pair_one(times: np.ndarray, t: float, stale_s: float) -> tuple[int, int, float] | None:
+    """``pair_track`` for one query time (the live path): the indices of the two samples to
+    interpolate between and the weight of the second (the same index twice when held), or None."""
+    n = len(times)
+    i = int(np.searchsorted(times, t, side="right"))
+    ok_b = i > 0 and t - times[i - 1] <= stale_s
+    ok_a = i < n and times[i] - t <= stale_s
+    if ok_b and ok_a:
+        span = times[i] - times[i - 1]
+        u = float((t - times[i - 1]) / span) if span > 0 else 0.0
+        return (i - 1, i, u) if u > 0.0 else (i - 1, i - 1, 0.0)
+    if ok_b:
+        return i - 1, i - 1, 0.0
+    if ok_a:
+        return i, i, 0.0
+    return None
 
 
 class Synchronizer:
@@ -234,10 +262,10 @@ class Synchronizer:
         """True when every live IMU (one with a sample within the staleness limit) has a
         sample after ``time_s``, so the frame can be interpolated rather than held."""
         for device in imus.values():
-            times = self.sample_times(device)
-            if len(times) == 0:
+            track = self._track(device)
+            if track.count == 0:
                 continue
-            newest = times.max()
+            newest = float(track.times(device, self.config.use_device_clock, track.count - 1)[0])
             if time_s - self.config.max_staleness_s <= newest < time_s:
                 return False
         return True
@@ -258,23 +286,31 @@ class Synchronizer:
         acc = np.full((NUM_IMUS, 3), np.nan)
         present = np.zeros(NUM_IMUS, bool)
         oldest = frame.host_time_s if frame is not None else t
+        # the frame time is recent: a window of about a second of samples is plenty
+        window = max(8, int(self.config.max_staleness_s * 600) + 4)
+        rows, q_a, q_b, weights = [], [], [], []
         for site, device in imus.items():
             track = self._track(device)
             if track.count == 0:
                 continue
-            times = track.times(device, self.config.use_device_clock)
-            order = slice(None)
-            if np.any(np.diff(times) < 0):  # e.g. a device clock that restarted on reconnect
-                order = np.argsort(times, kind="stable")
-                times = times[order]
-            p = pair_track(times, track.quat[:track.count][order], track.acc[:track.count][order], np.array([t]),
-                           self.config.max_staleness_s)
-            if not p.present[0]:
+            times, q, a, host = track.window(device, self.config.use_device_clock, window)
+            if len(times) < track.count and t < times[0]:
+                # an older instant (re-solving, tests): search the whole history
+                times, q, a, host = track.window(device, self.config.use_device_clock, track.count)
+            paired = _pair_one(times, t, self.config.max_staleness_s)
+            if paired is None:
                 continue
+            ib, ia, u = paired
             s = int(ImuSite(site))
-            quats[s], acc[s], present[s] = p.quat_wxyz[0], p.acc_free_mps2[0], True
-            used = [i for i in (p.before[0], p.after[0]) if i >= 0]
-            oldest = min(oldest, float(np.min(track.host[:track.count][order][used])))
+            rows.append(s)
+            q_a.append(q[ib])
+            q_b.append(q[ia])
+            weights.append(u)
+            acc[s] = (1.0 - u) * a[ib] + u * a[ia]
+            present[s] = True
+            oldest = min(oldest, float(host[ib]) if u == 0.0 else float(min(host[ib], host[ia])))
+        if rows:  # one vectorised slerp for all sensors
+            quats[rows] = quat_slerp(np.array(q_a), np.array(q_b), np.array(weights))
         return SyncedFrame(
             frame_index=next(self._frame_counter),
             time_s=t,
