@@ -14,7 +14,8 @@ configuration     1517100x  1002 *device control* (32 bytes, read/write): byte 0
 measurement       1517200x  2001 *control* (write ``[1, start=1|stop=0, payload mode]``);
                             2002 long (63 B), 2003 medium (40 B), 2004 short (20 B) payload
                             notifications; 2006 *orientation reset control* (write uint16 LE
-                            1 = heading reset)
+                            1 = heading reset, 7 = revert to the default heading; read: byte 0
+                            is the heading status 1 reset / 7 default / 8 none)
 battery           1517300x  3001 (read/notify): ``[level %, charging 0|1]``
 message           1517700x  7001/7002/7003 control, ack, notification (recording, sync; unused)
 ================  ========  ===================================================================
@@ -42,7 +43,7 @@ from __future__ import annotations
 import logging
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 import numpy as np
 from bleak import BleakClient
@@ -76,7 +77,8 @@ MESSAGE_SERVICE = dot_uuid(0x7000)
 DEVICE_CONTROL_SIZE = 32
 VISIT_OUTPUT_RATE = 0x10  # device control byte 0: "write the output rate field"
 OUTPUT_RATE_OFFSET = 24  # uint16 LE in the device control record
-HEADING_RESET = 1  # orientation reset control value
+HEADING_RESET = 1  # orientation reset control values (and heading status when read back)
+HEADING_DEFAULT = 7
 STREAMING_RATES_HZ = (1, 4, 10, 12, 15, 20, 30, 60)
 TIMESTAMP_WRAP_US = 1 << 32
 
@@ -90,18 +92,34 @@ class DotPayloadMode(IntEnum):
     CUSTOM_MODE_3 = 24
 
 
+class HeadingStatus(IntEnum):
+    """What the orientation reset control characteristic reads back."""
+
+    HEADING_RESET = HEADING_RESET  # a heading reset is in effect
+    DEFAULT = HEADING_DEFAULT  # the factory default heading (magnetic north)
+    NONE = 8
+
+
+class _Extra(Enum):
+    """What follows the quaternion in a payload."""
+
+    NONE = "none"
+    FREE_ACC = "free_acc"  # 3 float32, m/s^2, earth frame
+    GYRO = "gyro"  # 3 float32, deg/s, sensor frame
+
+
 @dataclass(frozen=True)
 class _Layout:
     char_uuid: str
     size: int  # bytes used (the characteristic may be longer, zero padded)
-    extra: str  # what follows the quaternion: "free_acc", "gyro" or ""
+    extra: _Extra
 
 
 _LAYOUTS: dict[DotPayloadMode, _Layout] = {
-    DotPayloadMode.EXTENDED_QUATERNION: _Layout(MEDIUM_PAYLOAD_CHAR, 36, "free_acc"),
-    DotPayloadMode.COMPLETE_QUATERNION: _Layout(MEDIUM_PAYLOAD_CHAR, 32, "free_acc"),
-    DotPayloadMode.ORIENTATION_QUATERNION: _Layout(SHORT_PAYLOAD_CHAR, 20, ""),
-    DotPayloadMode.CUSTOM_MODE_3: _Layout(MEDIUM_PAYLOAD_CHAR, 32, "gyro"),
+    DotPayloadMode.EXTENDED_QUATERNION: _Layout(MEDIUM_PAYLOAD_CHAR, 36, _Extra.FREE_ACC),
+    DotPayloadMode.COMPLETE_QUATERNION: _Layout(MEDIUM_PAYLOAD_CHAR, 32, _Extra.FREE_ACC),
+    DotPayloadMode.ORIENTATION_QUATERNION: _Layout(SHORT_PAYLOAD_CHAR, 20, _Extra.NONE),
+    DotPayloadMode.CUSTOM_MODE_3: _Layout(MEDIUM_PAYLOAD_CHAR, 32, _Extra.GYRO),
 }
 
 _HEAD = struct.Struct("<I4f")  # timestamp_us, w, x, y, z
@@ -125,9 +143,9 @@ def decode_payload(mode: DotPayloadMode, data: bytes) -> DotPayload:
         raise ValueError(f"{mode.name} payload needs {layout.size} bytes, got {len(data)}")
     ts, w, x, y, z = _HEAD.unpack_from(data, 0)
     acc = gyro = None
-    if layout.extra == "free_acc":
+    if layout.extra == _Extra.FREE_ACC:
         acc = _VEC3.unpack_from(data, _HEAD.size)
-    elif layout.extra == "gyro":
+    elif layout.extra == _Extra.GYRO:
         gyro = _VEC3.unpack_from(data, _HEAD.size)
     return DotPayload(ts, (w, x, y, z), acc, gyro)
 
@@ -136,9 +154,9 @@ def encode_payload(mode: DotPayloadMode, payload: DotPayload) -> bytes:
     """Inverse of ``decode_payload`` (zero padded to the characteristic's size): for simulators and tests."""
     layout = _LAYOUTS[mode]
     out = bytearray(_HEAD.pack(payload.timestamp_us % TIMESTAMP_WRAP_US, *payload.quat_wxyz))
-    if layout.extra == "free_acc":
+    if layout.extra == _Extra.FREE_ACC:
         out += _VEC3.pack(*(payload.acc_free_mps2 or (0.0, 0.0, 0.0)))
-    elif layout.extra == "gyro":
+    elif layout.extra == _Extra.GYRO:
         out += _VEC3.pack(*(payload.gyro_dps or (0.0, 0.0, 0.0)))
     size = {SHORT_PAYLOAD_CHAR: 20, MEDIUM_PAYLOAD_CHAR: 40, LONG_PAYLOAD_CHAR: 63}[layout.char_uuid]
     return bytes(out.ljust(size, b"\x00"))
@@ -231,6 +249,26 @@ class MovellaDotDevice(BleDevice):
 
         self.call(reset)
         log.info("%s: heading reset", self.device_id)
+
+    def revert_heading(self) -> None:
+        """Undo a heading reset: back to the sensor's default heading (call from any thread)."""
+
+        async def revert(client: BleakClient) -> None:
+            await client.write_gatt_char(ORIENTATION_RESET_CHAR, struct.pack("<H", HEADING_DEFAULT), response=True)
+
+        self.call(revert)
+
+    def heading_status(self) -> HeadingStatus:
+        """Whether a heading reset is in effect (read from the sensor)."""
+
+        async def read(client: BleakClient) -> bytes:
+            return bytes(await client.read_gatt_char(ORIENTATION_RESET_CHAR))
+
+        data = self.call(read)
+        try:
+            return HeadingStatus(data[0])
+        except (IndexError, ValueError) as exc:
+            raise DeviceError(f"{self.device_id}: unexpected heading status {data.hex()}") from exc
 
     def set_output_rate(self, rate_hz: int) -> int:
         """Change the output rate while streaming; returns the rate the sensor confirms."""

@@ -28,6 +28,7 @@ from sensors.drivers.movella_dot import (
     SHORT_PAYLOAD_CHAR,
     DotPayload,
     DotPayloadMode,
+    HeadingStatus,
     MovellaDotConfig,
     MovellaDotDevice,
     decode_payload,
@@ -80,6 +81,7 @@ class FakeDot(FakePeripheral):
         self.ts_us = WRAP - 20 * 16_667  # starts just before the 32-bit clock wraps
         self.sent: dict[int, int] = {}  # unwrapped timestamp (us) -> packet counter
         self.heading_resets = 0
+        self.heading = 7  # heading status: default
         self.accept_rate = True  # False: an old firmware that ignores output rate writes
         self._task: asyncio.Task | None = None
 
@@ -92,6 +94,8 @@ class FakeDot(FakePeripheral):
             return bytes((87, 1))
         if uuid == DEVICE_INFO_CHAR:
             return bytes(24)
+        if uuid == ORIENTATION_RESET_CHAR:
+            return bytes((self.heading, 0))
         return super().on_read(uuid)
 
     def on_write(self, uuid: str, data: bytes) -> None:
@@ -106,8 +110,9 @@ class FakeDot(FakePeripheral):
                 self._task = self.create_task(self._stream())
             elif self._task is not None:
                 self._task.cancel()
-        elif uuid == ORIENTATION_RESET_CHAR and struct.unpack("<H", data)[0] == 1:
-            self.heading_resets += 1
+        elif uuid == ORIENTATION_RESET_CHAR:
+            self.heading = struct.unpack("<H", data)[0]
+            self.heading_resets += self.heading == 1
 
     def on_link_lost(self) -> None:
         if self._task is not None:
@@ -201,8 +206,12 @@ def test_streams_quaternions_counts_losses_and_reconnects(fake_dot: FakeDot) -> 
         assert st.clock_offset_s is not None
         assert st.rate_hz > 0
 
+        assert dev.heading_status() == HeadingStatus.DEFAULT
         dev.heading_reset()
         assert fake_dot.heading_resets == 1
+        assert dev.heading_status() == HeadingStatus.HEADING_RESET
+        dev.revert_heading()
+        assert dev.heading_status() == HeadingStatus.DEFAULT
 
         assert dev.set_output_rate(30) == 30
         n = dev.buffer.total_pushed
