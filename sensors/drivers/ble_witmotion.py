@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from bleak import BleakClient
+from bleak.backends.client import BaseBleakClient
+from bleak.backends.scanner import BaseBleakScanner
 
 from sensors.device import DeviceConfig
 from sensors.drivers.ble_base import BleConfig, BleDevice
@@ -93,8 +95,8 @@ class WitMotionBleDevice(BleDevice):
         device_id: str | None = None,
         config: DeviceConfig | None = None,
         ble_config: BleConfig | None = None,
-        backend=None,
-        scanner_backend=None,
+        backend: type[BaseBleakClient] | None = None,
+        scanner_backend: type[BaseBleakScanner] | None = None,
     ) -> None:
         super().__init__(device_id or f"witmotion-ble:{address}", address, config, ble_config, backend, scanner_backend)
         self.wit_config = wit_config or WitMotionBleConfig()

@@ -47,6 +47,8 @@ from enum import Enum, IntEnum
 
 import numpy as np
 from bleak import BleakClient
+from bleak.backends.client import BaseBleakClient
+from bleak.backends.scanner import BaseBleakScanner
 
 from sensors.device import DeviceConfig
 from sensors.drivers.ble_base import BleConfig, BleDevice
@@ -205,8 +207,8 @@ class MovellaDotDevice(BleDevice):
         device_id: str | None = None,
         config: DeviceConfig | None = None,
         ble_config: BleConfig | None = None,
-        backend=None,
-        scanner_backend=None,
+        backend: type[BaseBleakClient] | None = None,
+        scanner_backend: type[BaseBleakScanner] | None = None,
     ) -> None:
         super().__init__(device_id or f"dot:{address}", address, config, ble_config, backend, scanner_backend)
         self.dot_config = dot_config or MovellaDotConfig()
