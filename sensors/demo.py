@@ -24,6 +24,7 @@ from sensors.samples import PoseFrame, SyncedFrame
 from sensors.simulated import SimCameraConfig, SimClock, SimImuConfig, SimulatedCamera, SimulatedImu
 from vimcan_core.camera import PinholeCamera
 from vimcan_core.performer import Motion, Performer
+from vimcan_core.rotations import quat_conj, quat_from_axis_angle, quat_mul, quat_normalize, yaw_quat
 from vimcan_core.skeleton import IMU_JOINT, NUM_IMUS, ImuSite
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class DemoConfig:
     performer_motion: Motion = Motion.LOOP
     imu: SimImuConfig = field(default_factory=lambda: SimImuConfig(latency_s=0.004, jitter_s=0.002, drop_rate=0.002))
     random_device_clocks: bool = True  # each IMU gets its own clock offset (0-1000 s) and drift (+-30 ppm)
+    random_mount_deg: float = 0.0  # each IMU sits on its bone rotated by a random angle up to this (0: identity)
+    random_heading_deg: float = 0.0  # each IMU's world frame has a random heading up to +- this (0: the performer's)
     camera: SimCameraConfig = field(default_factory=SimCameraConfig)
     camera_position_m: tuple[float, float, float] = (0.0, 1.2, 3.5)  # in front of the performer, at chest height
     camera_target_m: tuple[float, float, float] = (0.0, 1.2, 0.0)  # level: looks horizontally
@@ -71,6 +74,22 @@ class DemoRig:
     def world_headings_deg(self) -> np.ndarray:
         """6: the yaw of each simulated IMU's own world frame relative to the performer's world."""
         return np.array([self.imus[s].sim_config.world_heading_deg for s in ImuSite], dtype=np.float64)
+
+    def true_calibration(self):
+        """The exact ``vimcan_core.calibration.Calibration`` of this rig (what a perfect
+        calibration would find): the sensors' mounting and headings, and the camera's pose.
+        With the default rig it equals ``Calibration.identity(camera_model)``."""
+        from vimcan_core.calibration import Calibration, SensorQuality
+
+        q_cw = quat_normalize(np.asarray(self.camera_model.quat_cam_from_world, dtype=np.float64))
+        q_w_e = yaw_quat(np.radians(self.world_headings_deg))  # 6 x 4, IMU world -> performer world
+        return Calibration(
+            q_bone_from_sensor=quat_conj(self.mount_quats_sensor_from_bone),
+            q_camera_from_imuworld=quat_normalize(quat_mul(q_cw, q_w_e)),
+            acc_offset_mps2=np.zeros((NUM_IMUS, 3)),
+            quat_world_from_camera=quat_conj(q_cw),
+            quality=tuple(SensorQuality.perfect() for _ in range(NUM_IMUS)),
+        )
 
     @property
     def is_identity_calibration(self) -> bool:
@@ -132,6 +151,12 @@ def build_demo_rig(config: DemoConfig = DemoConfig()) -> DemoRig:
                       device=replace(config.imu.device, latency_s=config.imu.latency_s))
         if config.random_device_clocks:
             cfg = replace(cfg, clock_offset_s=float(rng.uniform(0.0, 1000.0)), drift_ppm=float(rng.uniform(-30.0, 30.0)))
+        if config.random_mount_deg > 0:
+            axis = rng.normal(size=3)
+            angle = np.radians(rng.uniform(0.3, 1.0) * config.random_mount_deg)
+            cfg = replace(cfg, mount_quat_sensor_from_bone=tuple(float(x) for x in quat_from_axis_angle(axis, angle)))
+        if config.random_heading_deg > 0:
+            cfg = replace(cfg, world_heading_deg=float(rng.uniform(-1.0, 1.0) * config.random_heading_deg))
         imus[site] = SimulatedImu(f"sim-imu-{site.name.lower()}", performer, site, cfg, clock=clock)
     camera_model = demo_camera(config)
     cam_cfg = replace(config.camera, seed=config.seed * 100 + 99, device=replace(config.camera.device, latency_s=0.0))

@@ -14,7 +14,7 @@ from sensors.device import DeviceConfig, DeviceState
 from sensors.pipeline import CapturePipeline, PoseSource
 from sensors.samples import PoseFrame, SyncedFrame
 from sensors.simulated import SimCameraConfig, SimImuConfig
-from vimcan_core.rotations import quat_angle
+from vimcan_core.rotations import quat_angle, quat_mul
 from vimcan_core.skeleton import ImuSite
 
 FAST = DeviceConfig(reconnect_initial_s=0.05, reconnect_max_s=0.2)
@@ -235,3 +235,24 @@ def test_an_unplugged_imu_is_flagged_and_reconnects_while_the_others_stream(pipe
     assert pipeline.stats().devices[imu.device_id].reconnects >= 1
     assert all(pipeline.stats().devices[d.device_id].reconnects == 0 for s, d in pipeline.demo.imus.items()
                if s != ImuSite.LEFT_FOREARM)
+
+
+def test_the_demo_rig_knows_its_true_calibration() -> None:
+    from vimcan_core.calibration import Calibration
+
+    plain = build_demo_pipeline(config=CONFIG).demo
+    assert plain.is_identity_calibration
+    identity = Calibration.identity(plain.camera_model)
+    truth = plain.true_calibration()
+    assert quat_angle(truth.q_bone_from_sensor, identity.q_bone_from_sensor).max() < 1e-12
+    assert quat_angle(truth.q_camera_from_imuworld, identity.q_camera_from_imuworld).max() < 1e-12
+
+    rig = build_demo_pipeline(config=DemoConfig(random_mount_deg=60.0, random_heading_deg=90.0, seed=5)).demo
+    assert not rig.is_identity_calibration
+    pose = rig.performer.pose_at(np.array([4.0, 13.0, 21.0]))
+    measured = np.stack([rig.imus[s].measured_quat(pose.site_quats_world[:, s]) for s in ImuSite], axis=1)  # 3 x 6 x 4
+    assert quat_angle(measured, pose.site_quats_world).min() > np.radians(5.0)  # the sensors do not report the bones
+    cal = rig.true_calibration()
+    assert quat_angle(cal.bone_quats_world(measured), pose.site_quats_world).max() < 1e-6
+    q_cw = np.array(rig.camera_model.quat_cam_from_world)
+    assert quat_angle(cal.bone_quats_camera(measured), quat_mul(q_cw, pose.site_quats_world)).max() < 1e-6
