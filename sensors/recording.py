@@ -63,6 +63,10 @@ _RAW_TAIL_KEYPOINTS = ",".join([_NAN] * (3 * NUM_JOINTS))
 _RAW_IMU_EMPTY = ",".join([_NAN] * 10)
 
 
+#: leaving STREAMING for one of these is a drop-out (STOPPED at the end of a take is not)
+_GAP_STATES = (DeviceState.STALLED, DeviceState.DISCONNECTED, DeviceState.RECONNECTING)
+
+
 class RecorderState(Enum):
     IDLE = "idle"
     RECORDING = "recording"
@@ -325,7 +329,7 @@ class TakeRecorder:
             track.rows += len(samples)
             state = dev.state
             if state != track.state:
-                if track.state == DeviceState.STREAMING:
+                if track.state == DeviceState.STREAMING and state in _GAP_STATES:
                     track.gaps += 1
                 track.state = state
                 lines.append(self._event_line(dev.device_id, RawKind.STATE, state.value, None))

@@ -131,7 +131,8 @@ class TakeMeta:
     frame_rate_hz: float = 30.0  # nominal pose rate
     host_time_origin_s: float = 0.0  # time.monotonic() that every time_s counts from
     devices: tuple[DeviceRecord, ...] = ()
-    calibration_profile: str | None = None
+    calibration_profile: str | None = None  # name of the calibration profile used
+    calibration: dict[str, Any] | None = None  # its arrays (``sensors.export.calibration_to_dict``), for re-solving
     model: str | None = None  # what produced the poses (PoseFrame.source)
     backend: str | None = None  # "cpu", "cuda", ...
     camera: dict[str, Any] | None = None  # vimcan_core.camera.PinholeCamera fields

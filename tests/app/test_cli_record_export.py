@@ -1,0 +1,171 @@
+"""`vimcan record --demo` and `vimcan export`: a 20 s headless demo take, re-export in cm/ZYX,
+BVH round trips, a recording killed part way and recovered, re-solving with a tiny model."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from vimcan_core.bvh.reader import END_SITE_SUFFIX, read_bvh
+from vimcan_core.skeleton import JOINT_NAMES, PARENTS
+from vimcan_core.take import POSE_COLUMNS, RAW_COLUMNS, TakeStatus, read_meta, read_poses, read_raw
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bvh_joints(path: Path, scale: float = 1.0) -> np.ndarray:
+    m = read_bvh(path)
+    pos = m.global_positions() / scale
+    idx = [m.index(n) if n in m.names else m.index(JOINT_NAMES[PARENTS[j]] + END_SITE_SUFFIX) for j, n in enumerate(JOINT_NAMES)]
+    return pos[:, idx]
+
+
+@pytest.fixture(scope="module")
+def demo_take(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s of the simulated demo, recorded headless through the command line."""
+    out = tmp_path_factory.mktemp("takes")
+    assert main(["record", "--demo", "--seconds", "20", "--out", str(out), "--name", "demo"]) == 0
+    return out / "demo"
+
+
+def test_record_demo_writes_a_complete_take(demo_take: Path, capsys: pytest.CaptureFixture) -> None:
+    meta = read_meta(demo_take)
+    assert meta.status is TakeStatus.COMPLETE
+    assert 19.0 < meta.duration_s < 21.0
+    assert meta.frames + meta.frames_missed >= 0.9 * 30 * meta.duration_s
+    assert meta.camera is not None and meta.model == "simulation ground truth"
+    assert {d.site for d in meta.devices if d.kind == "imu"} == {"left_forearm", "right_forearm", "left_lower_leg",
+                                                                "right_lower_leg", "head", "pelvis"}
+    # the CSVs load with plain numpy and pandas
+    a = np.loadtxt(demo_take / "poses.csv", delimiter=",", skiprows=1)
+    assert a.shape == (meta.frames, len(POSE_COLUMNS))
+    pd = pytest.importorskip("pandas")
+    raw = pd.read_csv(demo_take / "raw.csv")
+    assert list(raw.columns) == list(RAW_COLUMNS)
+    imu = raw[raw["kind"] == "imu"]
+    assert len(imu) > 6 * 40 * meta.duration_s  # six IMUs at about 60 Hz
+    q = imu[["qw", "qx", "qy", "qz"]].to_numpy()
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-6)
+    assert (raw["kind"] == "keypoints").sum() >= 0.9 * meta.frames
+    g = np.genfromtxt(demo_take / "raw.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    assert len(g) == len(raw) and set(np.unique(g["kind"])) >= {"imu", "keypoints", "state"}
+    poses = read_poses(demo_take / "poses.csv")
+    assert np.all(np.diff(poses.time_s) > 0)
+    np.testing.assert_allclose(poses.joints_m[:, 0], 0.0, atol=1e-9)  # root-relative
+    height = poses.joints_m[:, 10, 1] - np.minimum(poses.joints_m[:, 3, 1], poses.joints_m[:, 6, 1])
+    assert 1.2 < np.median(height) < 2.0  # a person, in metres, Y up
+
+
+def test_take_bvh_round_trips_to_the_recorded_joints(demo_take: Path) -> None:
+    poses = read_poses(demo_take / "poses.csv")
+    world = poses.joints_m + poses.root_m[:, None, :]
+    back = _bvh_joints(demo_take / "take.bvh")
+    assert back.shape == world.shape
+    err_mm = 1000 * np.linalg.norm(back - world, axis=-1)
+    assert np.percentile(err_mm, 99) < 1.0 and err_mm.max() < 5.0, (np.percentile(err_mm, 99), err_mm.max())
+    step = np.abs(np.diff(read_bvh(demo_take / "take.bvh").values[:, 3:], axis=0))
+    assert step.max() < 90.0  # no 360-degree (or 180-degree) jumps in any channel
+
+
+def test_export_in_centimetres_and_zyx(demo_take: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(demo_take), "--bvh", "--csv", "--units", "cm", "--order", "zyx", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert str(tmp_path / "take.bvh") in printed and str(tmp_path / "joints_world_cm.csv") in printed
+    m = read_bvh(tmp_path / "take.bvh")
+    assert all(j.rotation_order == "ZYX" for j in m.joints if not j.is_end_site)
+    poses = read_poses(demo_take / "poses.csv")
+    world = poses.joints_m + poses.root_m[:, None, :]
+    err_mm = 1000 * np.linalg.norm(_bvh_joints(tmp_path / "take.bvh", 100.0) - world, axis=-1)
+    assert np.percentile(err_mm, 99) < 1.0
+    csv = np.loadtxt(tmp_path / "joints_world_cm.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(csv[:, 2:].reshape(-1, 17, 3) / 100.0, world, atol=1e-6)
+
+
+def test_export_of_a_missing_take_says_which(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(tmp_path / "nope"), "--bvh"]) == 1
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--units", "furlongs"]) == 1
+    assert "units must be 'm' or 'cm'" in capsys.readouterr().err
+
+
+def test_killed_recording_is_recovered_with_export_recover(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))",
+           "record", "--demo", "--seconds", "120", "--out", str(tmp_path), "--name", "killed"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    poses = tmp_path / "killed" / "poses.csv"
+    seen = 0
+    try:
+        assert "recording" in proc.stdout.readline()
+        deadline = time.monotonic() + 60
+        while seen < 90 and time.monotonic() < deadline:  # about 3 s of frames on disk
+            time.sleep(0.2)
+            seen = max(0, sum(1 for _ in open(poses)) - 1) if poses.exists() else 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert seen >= 90
+    assert read_meta(tmp_path / "killed").status is TakeStatus.RECORDING
+    assert not (tmp_path / "killed" / "take.bvh").exists()
+    assert main(["export", "--recover", str(tmp_path / "killed")]) == 0
+    meta = read_meta(tmp_path / "killed")
+    assert meta.status is TakeStatus.RECOVERED and meta.frames >= seen  # nothing flushed was lost
+    table = read_poses(tmp_path / "killed" / "poses.csv")
+    assert table.num_frames == meta.frames
+    raw = read_raw(tmp_path / "killed" / "raw.csv")
+    assert raw.time_s.max() > table.time_s[-1] - 1.0  # raw samples up to the end were kept too
+    back = _bvh_joints(tmp_path / "killed" / "take.bvh")
+    err_mm = 1000 * np.linalg.norm(back - (table.joints_m + table.root_m[:, None, :]), axis=-1)
+    assert np.percentile(err_mm, 99) < 1.0
+
+
+def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path) -> None:
+    """--resolve plumbing: the resolved poses are exactly the model's output on the recorded inputs,
+    turned into the world frame (a random tiny model: the shipped weights come later)."""
+    torch = pytest.importorskip("torch")
+    import shutil
+
+    from sensors.export import build_model_inputs, resolve_take
+    from vimcan_core.camera import normalize_keypoints
+    from vimcan_core.model import Vimcan, preset
+    from vimcan_core.rotations import quat_conj, quat_mul, quat_rotate
+    from vimcan_core.take import read_inputs
+
+    take = tmp_path / "take"
+    shutil.copytree(demo_take, take)
+    for name in ("poses.csv", "inputs.csv"):  # the first 2 s keep the CPU time small
+        lines = (take / name).read_text().splitlines(keepends=True)
+        (take / name).write_text("".join(lines[:61]))
+    torch.manual_seed(0)
+    model = Vimcan(preset("vimcan-t", streaming=False, embed_dim=16, fused_dim=16, num_skeleton_layers=1, num_heads=2))
+    out = resolve_take(take, model=model)
+    resolved = read_poses(out)
+    live = read_poses(take / "poses.csv")
+    assert resolved.num_frames == live.num_frames
+    np.testing.assert_array_equal(resolved.frame_index, live.frame_index)
+    # the same computation, written out here from the raw files
+    meta = read_meta(take)
+    cam = meta.camera
+    q_cw = np.array(cam["quat_cam_from_world"])
+    inputs = read_inputs(take / "inputs.csv")
+    kp = normalize_keypoints(inputs.keypoints_px, cam["width_px"], cam["height_px"])
+    conf = np.where(np.isfinite(kp).all(-1), inputs.keypoint_confidence, 0.0)
+    kp = np.concatenate((np.nan_to_num(kp), conf[..., None]), axis=-1)
+    valid = live.imu_present & np.isfinite(live.bone_quats_world).all(-1)
+    quats = quat_mul(q_cw, np.where(valid[..., None], live.bone_quats_world, [1.0, 0, 0, 0]))
+    with torch.no_grad():
+        y = model(torch.tensor(kp[None], dtype=torch.float32), torch.tensor(quats[None], dtype=torch.float32),
+                  torch.tensor(valid[None]))[0].double().numpy()
+    want = quat_rotate(quat_conj(q_cw), y)
+    want = want - want[:, :1]
+    np.testing.assert_allclose(resolved.joints_m, want, atol=1e-4)
+    assert build_model_inputs(take).repaired is False
+    m = read_bvh(take / "take_resolved.bvh")
+    assert m.num_frames == live.num_frames
+    np.testing.assert_allclose(m.global_positions()[:, 0], live.root_m, atol=1e-5)  # the live root trajectory
