@@ -132,7 +132,12 @@ class BleDevice(Device):
             raise DeviceError(f"{self.device_id}: call() is for other threads; inside the driver await the coroutine")
         if timeout_s is None:  # the inner GATT timeout fires first and says what failed; this is the backstop
             timeout_s = 2 * self.ble_config.command_timeout_s + self.ble_config.poll_interval_s
-        future = asyncio.run_coroutine_threadsafe(make_coro(client), loop)
+        coro = make_coro(client)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError as exc:  # the loop closed in between: the link just went down
+            coro.close()
+            raise DeviceError(f"{self.device_id}: not connected (the link just went down); retry when it is STREAMING") from exc
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError as exc:
