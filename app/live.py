@@ -61,6 +61,25 @@ def build_live_pipeline(settings: StudioSettings, demo: bool = True):
     return build_demo_pipeline(pose_source=make_pose_source(settings))
 
 
+def camera_model_of(pipeline):
+    """The PinholeCamera of the pipeline's camera: the demo's virtual camera, or the camera device's own model."""
+    demo = getattr(pipeline, "demo", None)
+    model = getattr(demo, "camera_model", None) if demo is not None else None
+    if model is None:
+        model = getattr(getattr(pipeline, "camera", None), "camera_model", None)
+    return model
+
+
+def backend_of(pipeline) -> str:
+    """Where the pose source runs, for the status panel ("cpu", "cuda:0 (mamba_ssm)", or why none)."""
+    source = getattr(pipeline, "pose_source", None)
+    backend = getattr(source, "backend", None)
+    if backend:
+        return str(backend)
+    name = str(getattr(source, "name", ""))
+    return "none: no network runs (simulation)" if "ground truth" in name.lower() else (name or "–")
+
+
 # ----------------------------------------------------------------------------- recording
 class StudioRecorder:
     """The record button's recorder: one ``sensors.recording.TakeRecorder`` per take, fed by its own
@@ -128,8 +147,7 @@ class StudioRecorder:
         self._queue = None
 
     def _camera_dict(self) -> dict | None:
-        demo = getattr(self._pipeline, "demo", None)
-        cam = getattr(demo, "camera", None) if demo is not None else getattr(self._pipeline, "camera_model", None)
+        cam = camera_model_of(self._pipeline)
         if cam is None:
             return None
         from dataclasses import asdict
@@ -141,8 +159,7 @@ class StudioRecorder:
         return getattr(src, "name", None) if src is not None else None
 
     def _backend(self) -> str | None:
-        stats = self._pipeline.stats()
-        return getattr(stats, "backend", None)
+        return backend_of(self._pipeline)
 
 
 def make_recorder(pipeline, takes_dir: Path) -> StudioRecorder:

@@ -31,9 +31,9 @@ from vimcan_core.skeleton import IMU_SITE_NAMES
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTION_SIZE = 4  # frames the UI may lag behind before the pipeline drops for it (never latency)
+SUBSCRIPTION_SIZE = 16  # frames the UI may lag behind (0.5 s) before the pipeline drops its oldest (never latency)
 PANEL_REFRESH_MS = 250
-PLOT_REFRESH_MS = 66
+PLOT_REFRESH_MS = 100
 ICONS = Path(__file__).resolve().parents[1] / "resources" / "icons"
 FROZEN_AFTER_S = 1.0  # no pose for this long -> the pose is frozen and the reason shown
 
@@ -81,6 +81,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_synced = None
         self._last_pose_time = None
         self._started = False
+        self._docks: dict[str, QtWidgets.QDockWidget] = {}
         self.setWindowTitle("VIMCAN Studio" + (" — demo" if options.demo else ""))
         icon = ICONS / "vimcan.svg"
         if icon.exists():
@@ -115,6 +116,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.log_view.install(logging.getLogger(), logging.INFO)
         self.calibration_label = QtWidgets.QLabel("calibration: none (demo ground truth needs none)")
         self.calibration_label.setWordWrap(True)
+        self.calibration_label.setContentsMargins(6, 0, 6, 6)
 
         self._dock("Devices", self.devices_panel, QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
         self._dock("Inference", _stack(self.status_panel, self.calibration_label),
@@ -124,6 +126,8 @@ class MainWindow(QtWidgets.QMainWindow):
         log_dock = self._dock("Log", self.log_view, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
         self.tabifyDockWidget(takes_dock, log_dock)
         takes_dock.raise_()
+        self.resizeDocks([takes_dock], [210], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([self._docks["Devices"]], [560], QtCore.Qt.Orientation.Horizontal)
 
         self._build_actions()
         self.status_line = QtWidgets.QLabel("starting…")
@@ -156,6 +160,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _dock(self, title: str, widget: QtWidgets.QWidget, area) -> QtWidgets.QDockWidget:
         dock = QtWidgets.QDockWidget(title, self)
+        self._docks[title] = dock
         dock.setObjectName(f"dock_{title.lower()}")
         dock.setWidget(widget)
         dock.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable
@@ -171,7 +176,7 @@ class MainWindow(QtWidgets.QMainWindow):
         menu_capture = self.menuBar().addMenu("&Capture")
         menu_view = self.menuBar().addMenu("&View")
 
-        self.action_record = QtGui.QAction("● Record / Stop", self, shortcut=QtGui.QKeySequence("Ctrl+R"))
+        self.action_record = QtGui.QAction("Record / Stop", self, shortcut=QtGui.QKeySequence("Ctrl+R"))
         self.action_record.triggered.connect(self.record_panel.toggle)
         self.action_heading = QtGui.QAction("Heading reset", self, shortcut=QtGui.QKeySequence("Ctrl+H"))
         self.action_heading.setToolTip("Stand straight, arms down, facing the camera, then press (Ctrl+H)")
@@ -258,9 +263,10 @@ class MainWindow(QtWidgets.QMainWindow):
         return list(self.pipeline.devices()) if self.pipeline is not None else []
 
     def _camera_model(self):
-        demo = getattr(self.pipeline, "demo", None)
-        cam = getattr(demo, "camera", None) if demo is not None else None
-        return cam if cam is not None else getattr(self.pipeline, "camera_model", None)
+        """The camera's PinholeCamera (the demo's virtual camera, or the calibrated webcam), or None."""
+        from app.live import camera_model_of
+
+        return camera_model_of(self.pipeline)
 
     @QtCore.Slot(list)
     def _on_frames(self, frames: list) -> None:
@@ -303,8 +309,10 @@ class MainWindow(QtWidgets.QMainWindow):
         """Gathers the numbers shown in the inference panel (bridge timing + pipeline counters)."""
         b = self.bridge.stats()
         pstats = self.pipeline.stats() if self.pipeline is not None else None
-        dropped = int(getattr(pstats, "dropped_frames", 0) or 0) + b.gaps if pstats is not None else b.gaps
-        backend = str(getattr(pstats, "backend", "") or "") or "–"
+        dropped = int(pstats.frames_dropped) if pstats is not None else 0
+        from app.live import backend_of
+
+        backend = backend_of(self.pipeline)
         pose = self._last_pose
         if pose is None:
             return InferenceStatus(backend=backend, dropped_frames=dropped)
@@ -316,6 +324,7 @@ class MainWindow(QtWidgets.QMainWindow):
         return InferenceStatus(
             source=pose.source, is_model=is_model, backend=backend, poses_per_s=b.poses_per_s,
             latency_median_ms=b.latency_median_ms, latency_p95_ms=b.latency_p95_ms, dropped_frames=dropped,
+            ui_skipped_frames=b.gaps,
             health=health, health_detail=detail, confidence=float(pose.confidence),
         )
 

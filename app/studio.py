@@ -20,12 +20,45 @@ DEFAULT_HEADLESS_SECONDS = 20.0
 SCREEN_SIZE = (1600, 1000)
 
 
-def configure_qt_application() -> None:
-    """Qt attributes that must be set before the QApplication exists (idempotent).
+#: PySide6 releases that drop a reference to ``None`` on every call of a C++ method returning void
+#: (``QLabel.setText``, ``QTimer.setInterval``, ``processEvents``, every repaint ...), and to
+#: ``True`` / ``False`` likewise. On Python < 3.12, where these are not immortal, the process aborts
+#: within seconds ("none_dealloc: deallocating None", "bool_dealloc").
+#: 6.11.3 is not affected (measured with ``sys.getrefcount(None)`` around 200 calls).
+PYSIDE_NONE_REFCOUNT_BUG = ("6.12.0",)
+_NONE_REFCOUNT_RESERVE = 1 << 48  # decrements it takes to reach zero: centuries at 100k calls per second
 
-    pyqtgraph caches GL shader programs per item class, so all GL widgets must share contexts."""
+
+def guard_none_refcount() -> bool:
+    """Work around ``PYSIDE_NONE_REFCOUNT_BUG``: give ``None`` a huge reference count, as Python 3.12
+    makes it immortal. Returns True when applied. Fix for good: ``pip install "PySide6-Essentials!=6.12.0"``."""
+    import PySide6
+
+    if sys.version_info >= (3, 12) or PySide6.__version__ not in PYSIDE_NONE_REFCOUNT_BUG:
+        return False
+    import ctypes
+
+    applied = False
+    for singleton in (None, True, False):  # bool-returning methods lose references to True / False too
+        refcount = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt, the first field of a PyObject
+        if refcount.value < _NONE_REFCOUNT_RESERVE:
+            refcount.value += _NONE_REFCOUNT_RESERVE
+            applied = True
+    if applied:
+        log.warning("PySide6 %s loses references to None on Python %d.%d; applied a guard. Install "
+                    "another version to fix it: pip install 'PySide6-Essentials!=6.12.0'",
+                    PySide6.__version__, *sys.version_info[:2])
+    return True
+
+
+def configure_qt_application() -> None:
+    """Process-wide Qt set-up that must happen before the QApplication exists (idempotent).
+
+    pyqtgraph caches GL shader programs per item class, so all GL widgets must share contexts;
+    and the PySide6 release in use may need ``guard_none_refcount``."""
     from PySide6 import QtCore
 
+    guard_none_refcount()
     QtCore.QCoreApplication.setAttribute(QtCore.Qt.ApplicationAttribute.AA_ShareOpenGLContexts, True)
 
 
@@ -140,6 +173,9 @@ def _run_headless(qapp, window, args: argparse.Namespace) -> int:
     QtCore.QTimer.singleShot(500, begin)
     QtCore.QTimer.singleShot(int(args.seconds * 1000), finish)
     qapp.exec()
+    window.deleteLater()
+    qapp.processEvents()
+    qapp.shutdown()  # release the X connection before the virtual display goes away
     print(f"vimcan-studio: ran the demo for {args.seconds:.0f} s ({result.get('frames', 0)} poses shown).")
     print(f"  screenshot: {result.get('screenshot')}")
     print(f"  take:       {result.get('take')}")

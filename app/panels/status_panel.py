@@ -34,7 +34,8 @@ class InferenceStatus:
     poses_per_s: float = 0.0
     latency_median_ms: float | None = None
     latency_p95_ms: float | None = None
-    dropped_frames: int = 0
+    dropped_frames: int = 0  # frames the pipeline skipped because the pose stage was behind
+    ui_skipped_frames: int = 0  # poses computed but never drawn (the window was busy): display only
     health: InputHealth = InputHealth.WAITING
     health_detail: str = ""  # e.g. "camera lost: running on IMUs (lower confidence)"
     confidence: float | None = None
@@ -91,7 +92,8 @@ class StatusPanel(QtWidgets.QWidget):
         else:
             p95 = "" if status.latency_p95_ms is None else f" (p95 {status.latency_p95_ms:.0f} ms)"
             v["latency"].setText(f"{status.latency_median_ms:.0f} ms median{p95}")
-        v["dropped"].setText(str(status.dropped_frames))
+        skipped = f"  (window skipped {status.ui_skipped_frames})" if status.ui_skipped_frames else ""
+        v["dropped"].setText(f"{status.dropped_frames}{skipped}")
         v["dropped"].setStyleSheet(f"color: {hex_rgb(WARN_RGB)};" if status.dropped_frames else "")
         detail = status.health_detail or status.health.value
         if status.confidence is not None and status.health != InputHealth.WAITING:

@@ -68,8 +68,13 @@ class ImuPlots(QtWidgets.QWidget):
     def append(self, time_s: float, quats_wxyz: np.ndarray, present: np.ndarray) -> None:
         """One frame: time, 6 x 4 quaternions (NaN rows where missing), 6 bool present."""
         i, n = self._i, self._n
+        q = np.array(quats_wxyz, dtype=np.float64)  # 6 x 4
+        # q and -q are the same rotation: keep each curve continuous by staying on the previous sample's side
+        prev = self._q[(i - 1) % n]
+        flip = np.nansum(q * prev, axis=-1) < 0.0
+        q[flip] *= -1.0
         self._t[i] = self._t[i + n] = time_s
-        self._q[i] = self._q[i + n] = quats_wxyz
+        self._q[i] = self._q[i + n] = q
         present = np.asarray(present, dtype=bool)
         if not np.array_equal(present, self._present):
             for site in range(NUM_IMUS):

@@ -75,7 +75,8 @@ class KeypointsView(QtWidgets.QWidget):
         if image_size_px is not None and tuple(image_size_px) != self._size_px:
             self._set_image_size(tuple(image_size_px))
         if image_bgr is not None:
-            self._image.setImage(image_bgr[..., ::-1], autoLevels=False, levels=(0, 255))
+            # uint8 RGB without levels takes pyqtgraph's direct path (no per-pixel rescale)
+            self._image.setImage(np.ascontiguousarray(image_bgr[..., ::-1]), autoLevels=False)
             self._image.setRect(QtCore.QRectF(0, 0, self._size_px[0], self._size_px[1]))
             self._image.setVisible(True)
         else:

@@ -30,7 +30,11 @@ BONE_WIDTH_PX = 5.0
 JOINT_SIZE_PX = 9.0
 FRUSTUM_DEPTH_M = 0.5  # how far the drawn frustum reaches in front of the camera
 ANKLE_HEIGHT_M = 0.08  # where the lower ankle stands when a pose has no root position
-FOLLOW_SMOOTHING = 0.15  # fraction of the distance to the performer the view centre moves per update
+FOLLOW_SMOOTHING = 0.15
+VIEW_CENTRE_GL = (0.0, -0.8, 0.9)  # between the performer and the camera, at chest height
+VIEW_DISTANCE_M = 5.2
+VIEW_ELEVATION_DEG = 16.0
+VIEW_AZIMUTH_DEG = -32.0  # from the performer's front-left (GL -Y is the facing direction)  # fraction of the distance to the performer the view centre moves per update
 
 
 def place_on_floor(joints_rel_m: np.ndarray, root_world_m: np.ndarray | None) -> np.ndarray:
@@ -88,7 +92,7 @@ class SkeletonView(QtWidgets.QWidget):
         super().__init__(parent)
         self.gl_widget = SkeletonGLWidget(self)
         self.gl_widget.setBackgroundColor(QtGui.QColor(*BACKGROUND_RGB))
-        self.gl_widget.setCameraPosition(pos=QtGui.QVector3D(0.0, 0.0, 0.95), distance=4.6, elevation=12, azimuth=-65)
+        self.reset_view()
         self.gl_widget.setMinimumSize(320, 240)
         self._follow = False
         self._has_pose = False
@@ -204,7 +208,9 @@ class SkeletonView(QtWidgets.QWidget):
         self._overlay.raise_()
 
     def reset_view(self) -> None:
-        self.gl_widget.setCameraPosition(pos=QtGui.QVector3D(0.0, 0.0, 0.95), distance=4.6, elevation=12, azimuth=-65)
+        """The default three-quarter view: the performer's front and the camera both in sight."""
+        self.gl_widget.setCameraPosition(pos=QtGui.QVector3D(*VIEW_CENTRE_GL), distance=VIEW_DISTANCE_M,
+                                         elevation=VIEW_ELEVATION_DEG, azimuth=VIEW_AZIMUTH_DEG)
 
     # ----------------------------------------------------------------- for tests and screenshots
     def grab_rgb(self) -> np.ndarray:

@@ -1,0 +1,246 @@
+"""The studio window end to end, in demo mode, through the real pipeline (pytest-qt under Xvfb).
+
+Only the hardware is simulated (the demo's simulated IMUs and camera, which run their own
+threads through the real buffers and synchroniser); the window, pipeline, recorder, take files
+and playback are the real ones. Screenshots of the main states are saved under the test output.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from app.panels.status_panel import InputHealth  # noqa: E402
+from app.views.palette import LEFT_BONES, LEFT_RGB, RIGHT_BONES, RIGHT_RGB  # noqa: E402
+from sensors.device import DeviceState  # noqa: E402
+from vimcan_core.skeleton import NUM_IMUS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+COLOUR_TOL = 10
+
+
+def colour_mask(img: np.ndarray, rgb) -> np.ndarray:
+    return np.all(np.abs(img.astype(np.int32) - np.array(rgb)) <= COLOUR_TOL, axis=-1)
+
+
+def distance_to_segments(points: np.ndarray, seg_a: np.ndarray, seg_b: np.ndarray) -> np.ndarray:
+    d = seg_b - seg_a
+    t = np.einsum("nsk,sk->ns", points[:, None, :] - seg_a[None], d) / np.maximum((d * d).sum(-1), 1e-9)
+    nearest = seg_a[None] + np.clip(t, 0.0, 1.0)[..., None] * d[None]
+    return np.linalg.norm(points[:, None, :] - nearest, axis=-1).min(axis=1)
+
+
+@pytest.fixture
+def studio(qtbot, tmp_path):
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import StudioSettings, open_qsettings
+
+    settings = StudioSettings(takes_dir=str(tmp_path / "takes"))
+    window = MainWindow(StudioOptions(demo=True), settings, open_qsettings(tmp_path / "studio.ini"))
+    qtbot.addWidget(window)
+    window.resize(1400, 880)
+    window.show()
+    qtbot.waitExposed(window)
+    window.start()
+    yield window
+    window.close()
+
+
+def grab_with_joints(window):
+    """The GL framebuffer and the joints drawn in it, read together in the UI thread."""
+    img = window.skeleton_view.grab_rgb()
+    return img, window.skeleton_view.shown_joints_world_m
+
+
+def check_skeleton_pixels(window, img, joints) -> None:
+    px = window.skeleton_view.project_world(joints)  # 17 x 2
+    for rgb, bones in ((LEFT_RGB, LEFT_BONES), (RIGHT_RGB, RIGHT_BONES)):
+        ys, xs = np.nonzero(colour_mask(img, rgb))
+        assert len(xs) > 80, f"only {len(xs)} pixels of the colour {rgb}: is the skeleton drawn?"
+        pts = np.column_stack((xs, ys)).astype(float)
+        dist = distance_to_segments(pts, px[[b[0] for b in bones]], px[[b[1] for b in bones]])
+        assert np.percentile(dist, 98) < 4.0, f"{rgb}: pixels are not on the projected bones"
+
+
+def test_demo_runs_and_the_3d_view_shows_the_moving_skeleton(qtbot, studio, output_dir):
+    qtbot.waitUntil(lambda: studio.bridge.stats().frames >= 60, timeout=30000)
+    img1, joints1 = grab_with_joints(studio)
+    assert joints1 is not None
+    check_skeleton_pixels(studio, img1, joints1)
+    studio.save_screenshot(output_dir / "studio_demo.png")
+    frames = studio.bridge.stats().frames
+    qtbot.waitUntil(lambda: studio.bridge.stats().frames >= frames + 15, timeout=10000)
+    img2, joints2 = grab_with_joints(studio)
+    check_skeleton_pixels(studio, img2, joints2)
+    assert np.abs(joints2 - joints1).max() > 0.02, "the performer should have moved"
+    changed = np.any(img1 != img2, axis=-1)
+    assert changed.sum() > 200, "the 3D view's pixels must change with the pose"
+
+    # the pose source is labelled, and ground truth is never passed off as the model
+    st = studio.inference_status()
+    source = studio.pipeline.pose_source.name
+    assert st.source == source and source in studio.status_panel.source_label.text()
+    if "ground truth" in source:
+        assert not st.is_model and "not the model" in studio.status_panel.source_label.text()
+    assert st.health == InputHealth.ALL and st.poses_per_s > 10.0
+    assert st.latency_median_ms is not None and 0.0 < st.latency_median_ms < 1000.0
+
+    # one row per device, all streaming at their rates
+    rows = studio.devices_panel.row_texts()
+    assert len(rows) == NUM_IMUS + 1
+    for name, kind, state, rate, *_ in rows:
+        assert state == "streaming", (name, state)
+        hz = float(rate.split()[0])
+        assert (40.0 < hz < 80.0) if kind == "imu" else (20.0 < hz < 40.0), (name, rate)
+    # the IMU plots got the frames (quaternions are unit length)
+    x, y = studio.imu_plots._curves[0][0].getData()
+    assert len(y) >= 30
+    q = studio.imu_plots._q[studio.imu_plots._i - 1]
+    np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1.0, atol=1e-6)
+
+
+def test_capture_workflow_record_browse_play_reexport(qtbot, studio, output_dir):
+    window = studio
+    qtbot.waitUntil(lambda: window.bridge.stats().frames >= 30, timeout=30000)
+    window.save_screenshot(output_dir / "1_live.png")
+
+    # disconnect every device: the pose freezes and the window says why
+    window.devices_panel.disconnect_all_button.click()
+    assert all(d.stats().state == DeviceState.STOPPED for d in window.pipeline.devices())
+    qtbot.waitUntil(lambda: window.inference_status().health == InputHealth.FROZEN, timeout=5000)
+    window._refresh_panels()
+    assert "FROZEN" in window.status_panel.source_label.text()
+    window.save_screenshot(output_dir / "2_disconnected.png")
+
+    # connect them again from the panel: streaming resumes
+    window.devices_panel.connect_all_button.click()
+    qtbot.waitUntil(lambda: all(r[2] == "streaming" for r in window.devices_panel.row_texts())
+                    and window.inference_status().health == InputHealth.ALL, timeout=10000)
+
+    # the camera drops out (performer out of view): the pose goes on from the IMUs, flagged
+    window.pipeline.demo.camera.simulate_unplug(3.0)
+    qtbot.waitUntil(lambda: window.inference_status().health == InputHealth.DEGRADED, timeout=5000)
+    st = window.inference_status()
+    assert "camera lost" in st.health_detail
+    frames = window.bridge.stats().frames
+    qtbot.waitUntil(lambda: window.bridge.stats().frames > frames + 10, timeout=5000)  # still producing poses
+    window._refresh_panels()
+    assert "camera lost" in window.keypoints_view._message.textItem.toPlainText()
+    window.save_screenshot(output_dir / "3_camera_lost.png")
+    qtbot.waitUntil(lambda: window.inference_status().health == InputHealth.ALL, timeout=10000)
+
+    # record 10 s with the keyboard shortcut (Ctrl+R), with a 1 s countdown
+    window.record_panel.countdown_spin.setValue(1)
+    window.record_panel.name_edit.setText("workflow take")
+    window.activateWindow()
+    window.action_record.trigger()  # what Ctrl+R does (the shortcut is checked below)
+    assert window.action_record.shortcut().toString() == "Ctrl+R"
+    assert window.record_panel.state.value == "countdown"
+    qtbot.waitUntil(lambda: window.record_panel.state.value == "recording", timeout=3000)
+    t0 = time.monotonic()
+    qtbot.waitUntil(lambda: window.record_panel.elapsed_s >= 10.0, timeout=20000)
+    window.save_screenshot(output_dir / "4_recording.png")
+    with qtbot.waitSignal(window.record_panel.stopped, timeout=30000) as saved:
+        window.action_record.trigger()
+    recorded_s = time.monotonic() - t0
+    folder = Path(saved.args[0])
+    assert folder.name == "workflow_take" and folder.parent == Path(window.settings.takes_dir)
+
+    # the take is listed, selected, with its duration and frame count
+    take = window.takes_browser.selected()
+    assert take is not None and take.folder == folder
+    assert take.status == "complete"
+    assert 9.5 <= take.duration_s <= recorded_s + 0.5  # at least the 10 s asked for, at most the wall time
+    assert abs(take.frames - 30 * take.duration_s) < 0.1 * 30 * take.duration_s  # 30 Hz, no frames lost
+    assert (folder / "take.bvh").is_file()
+
+    # play it back in the 3D view: the drawn joints are the take's
+    from app.main_window import ViewMode
+    from vimcan_core.take import read_poses
+
+    table = read_poses(folder / "poses.csv")
+    assert window.takes_browser.play_selected()
+    assert window.mode == ViewMode.PLAYBACK
+    window.takes_browser.toggle_play()  # pause, then scrub
+    window.takes_browser.scrubber.setValue(150)
+    expected = table.joints_m[150] + table.root_m[150]
+    qtbot.wait(100)  # live frames keep arriving; they must not replace the playback pose
+    np.testing.assert_allclose(window.skeleton_view.shown_joints_world_m, expected, atol=1e-6)
+    img, joints = grab_with_joints(window)
+    check_skeleton_pixels(window, img, joints)
+    window.save_screenshot(output_dir / "5_playback.png")
+    window.takes_browser.scrubber.setValue(20)
+    img20, _ = grab_with_joints(window)
+    assert np.any(img != img20, axis=-1).sum() > 100
+    window.takes_browser.stop_playback()
+    assert window.mode == ViewMode.LIVE
+
+    # re-export the BVH from the browser
+    (folder / "take.bvh").unlink()
+    with qtbot.waitSignal(window.takes_browser.job_finished, timeout=60000):
+        assert window.takes_browser.run_job("export")
+    text = (folder / "take.bvh").read_text()
+    assert text.startswith("HIERARCHY") and f"Frames: {int(np.all(np.isfinite(table.joints_m), axis=(1, 2)).sum())}" in text
+    window.save_screenshot(output_dir / "6_reexported.png")
+
+
+def test_settings_persist_between_runs(qtbot, tmp_path):
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import StudioSettings, load_settings, open_qsettings
+
+    ini = tmp_path / "studio.ini"
+    first = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(ini))
+    qtbot.addWidget(first)
+    first.action_follow.setChecked(True)
+    first.record_panel.countdown_spin.setValue(3)
+    first.close()
+    loaded = load_settings(open_qsettings(ini))
+    assert loaded.follow_performer and loaded.record_countdown_s == 3 and loaded.takes_dir == str(tmp_path)
+    second = MainWindow(StudioOptions(), loaded, open_qsettings(ini))
+    qtbot.addWidget(second)
+    assert second.action_follow.isChecked() and second.skeleton_view.follow
+    assert second.record_panel.countdown_spin.value() == 3
+    second.close()
+
+
+def test_studio_command_line(capsys):
+    from app.studio import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and "vimcan-studio" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--headless" in out and "--demo" in out and "--seconds" in out
+
+
+def test_headless_demo_without_a_display_saves_a_screenshot_and_a_take(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "app.studio", "--seconds", "5", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no display" in proc.stdout.lower()
+    shot = tmp_path / "studio.png"
+    assert f"screenshot: {shot}" in proc.stdout
+    takes = [p for p in (tmp_path / "takes").iterdir() if (p / "take.json").is_file()]
+    assert len(takes) == 1 and f"take:       {takes[0]}" in proc.stdout
+    from PySide6 import QtGui
+
+    image = QtGui.QImage(str(shot)).convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    assert image.width() >= 1000
+    h, w, stride = image.height(), image.width(), image.bytesPerLine()
+    arr = np.frombuffer(image.constBits(), np.uint8, count=h * stride).reshape(h, stride)[:, : 3 * w].reshape(h, w, 3)
+    assert colour_mask(arr, LEFT_RGB).sum() > 80 and colour_mask(arr, RIGHT_RGB).sum() > 80
+    from vimcan_core.take import read_meta
+
+    meta = read_meta(takes[0])
+    assert meta.frames > 60 and meta.status.value == "complete"
