@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sensors.export import calibration_to_dict
     from sensors.recording import RecorderState, TakeRecorder, imu_sites_of
     from vimcan_core.errors import VimcanError
     from vimcan_core.take import TakeMeta, new_take_folder
@@ -49,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
     pipeline = build_demo_pipeline(config=DemoConfig(seed=args.seed))
     devices = list(pipeline.devices())
     folder = new_take_folder(args.out, args.name)
-    camera = getattr(getattr(pipeline, "demo", None), "camera_model", None)
+    rig = getattr(pipeline, "demo", None)
+    camera = getattr(rig, "camera_model", None)
+    true_calibration = getattr(rig, "true_calibration", None)
     meta = TakeMeta(
         name=folder.name, notes=args.notes, model=pipeline.pose_source.name, backend="cpu",
-        camera=None if camera is None else dataclasses.asdict(camera), calibration_profile="demo (identity)",
+        camera=None if camera is None else dataclasses.asdict(camera), calibration_profile="demo rig (exact)",
+        calibration=None if true_calibration is None else calibration_to_dict(true_calibration()),
     )
     q = pipeline.subscribe(RECORDER_QUEUE_SIZE)
     recorder = TakeRecorder(folder, q, devices, meta=meta, sites=imu_sites_of(devices))

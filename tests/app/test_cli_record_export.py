@@ -131,10 +131,10 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     torch = pytest.importorskip("torch")
     import shutil
 
-    from sensors.export import build_model_inputs, resolve_take
+    from sensors.export import ResolveConfig, build_model_inputs, resolve_take
     from vimcan_core.camera import normalize_keypoints
     from vimcan_core.model import Vimcan, preset
-    from vimcan_core.rotations import quat_conj, quat_mul, quat_rotate
+    from vimcan_core.rotations import quat_angle, quat_conj, quat_mul, quat_rotate
     from vimcan_core.take import read_inputs
 
     take = tmp_path / "take"
@@ -144,7 +144,7 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
         (take / name).write_text("".join(lines[:61]))
     torch.manual_seed(0)
     model = Vimcan(preset("vimcan-t", streaming=False, embed_dim=16, fused_dim=16, num_skeleton_layers=1, num_heads=2))
-    out = resolve_take(take, model=model)
+    out = resolve_take(take, model=model, config=ResolveConfig(repair_imus=False))
     resolved = read_poses(out)
     live = read_poses(take / "poses.csv")
     assert resolved.num_frames == live.num_frames
@@ -165,7 +165,13 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     want = quat_rotate(quat_conj(q_cw), y)
     want = want - want[:, :1]
     np.testing.assert_allclose(resolved.joints_m, want, atol=1e-4)
-    assert build_model_inputs(take).repaired is False
+    # by default the IMUs are paired again from raw.csv with the take's calibration: same orientations
+    repaired = build_model_inputs(take)
+    assert repaired.repaired and meta.calibration is not None
+    assert repaired.imu_valid.mean() > 0.95
+    both = repaired.imu_valid & valid
+    angle_deg = np.degrees(quat_angle(repaired.quats_cam[both], quats[both]))
+    assert np.median(angle_deg) < 1.0 and np.percentile(angle_deg, 99) < 5.0, (np.median(angle_deg), angle_deg.max())
     m = read_bvh(take / "take_resolved.bvh")
     assert m.num_frames == live.num_frames
     np.testing.assert_allclose(m.global_positions()[:, 0], live.root_m, atol=1e-5)  # the live root trajectory
