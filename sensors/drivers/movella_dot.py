@@ -318,7 +318,8 @@ class MovellaDotDevice(BleDevice):
             return
         q = np.asarray(p.quat_wxyz, dtype=np.float64)
         norm = float(np.linalg.norm(q))
-        if not np.isfinite(norm) or abs(norm - 1.0) > 0.05:
+        extras = [v for v in (p.acc_free_mps2, p.gyro_dps) if v is not None]
+        if not np.isfinite(norm) or abs(norm - 1.0) > 0.05 or not all(np.all(np.isfinite(v)) for v in extras):
             self._count_corrupt()
             self._corrupt_in_gap += 1
             return

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fake_ble import PERIPHERALS, FakeBleakBackend, FakePeripheral
 from sensors.device import DeviceConfig, DeviceState
@@ -300,3 +302,25 @@ def test_a_sensor_that_keeps_its_own_rate_still_streams(fake_dot: FakeDot, caplo
             dev.set_output_rate(20)  # asked for explicitly: refusing is an error
     finally:
         dev.stop()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80))
+def test_random_notifications_never_raise_and_are_counted(data: bytes) -> None:
+    dev = MovellaDotDevice("D4:22:CD:00:00:42", MovellaDotConfig(payload_mode=DotPayloadMode.COMPLETE_QUATERNION))
+    dev._on_notification(MEDIUM_PAYLOAD_CHAR, data, 0.0)
+    emitted = len(dev._pending)
+    st_ = dev.stats()
+    assert emitted + st_.corrupt == 1  # each notification is one sample or one corrupt packet
+    if emitted:  # only a unit quaternion with finite values gets through, normalised
+        assert np.linalg.norm(dev._pending[0].quat_wxyz) == pytest.approx(1.0)
+        assert np.all(np.isfinite(dev._pending[0].acc_free_mps2))
+
+
+def test_a_unit_quaternion_with_a_broken_acceleration_is_corrupt() -> None:
+    dev = MovellaDotDevice("D4:22:CD:00:00:42")
+    good = encode_payload(DotPayloadMode.COMPLETE_QUATERNION, DotPayload(1000, (1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.1)))
+    dev._on_notification(MEDIUM_PAYLOAD_CHAR, good, 0.0)
+    bad = good[:20] + struct.pack("<3f", float("nan"), 0.0, 0.0) + good[32:]
+    dev._on_notification(MEDIUM_PAYLOAD_CHAR, bad, 0.0)
+    assert len(dev._pending) == 1 and dev.stats().corrupt == 1
