@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from sensors.device import DeviceConfig
 from sensors.drivers.serial_port import SerialDevice, SerialSettings
 from sensors.protocols import line as lp
+from sensors.protocols import scalar_math as sm
 from sensors.protocols.counters import SequenceTracker, Unwrapper
 from sensors.samples import ImuSample, Sample
-from vimcan_core.rotations import quat_rotate
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +68,14 @@ class LineSerialDevice(SerialDevice):
                 lost = self._seq.update(m.seq)
                 if lost:
                     self._count_dropped(lost)
-            q = np.asarray(m.quat_wxyz)
-            q = q / np.linalg.norm(q)
-            if q[0] < 0:
-                q = -q
-            acc = None
-            if m.acc_sensor_mps2 is not None:
-                acc = tuple(float(a) for a in quat_rotate(q, np.asarray(m.acc_sensor_mps2)))
+            q = sm.normalise(m.quat_wxyz)  # the parser checked the norm is about 1
+            acc = None if m.acc_sensor_mps2 is None else sm.rotate(q, m.acc_sensor_mps2)
             out.append(ImuSample(
                 device_id=self.device_id,
                 host_time_s=host_time_s,
                 device_time_s=self._clock.update(m.time_us) * 1e-6,
-                quat_wxyz=(float(q[0]), float(q[1]), float(q[2]), float(q[3])),
-                acc_free_mps2=acc,  # type: ignore[arg-type]
+                quat_wxyz=q,
+                acc_free_mps2=acc,
                 seq=m.seq,
             ))
         return out

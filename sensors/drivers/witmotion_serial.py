@@ -17,10 +17,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from sensors.device import DeviceConfig
 from sensors.drivers.serial_port import SerialDevice, SerialSettings
+from sensors.protocols import scalar_math as sm
 from sensors.protocols import witmotion as wm
 from sensors.samples import ImuSample, Sample
 
@@ -68,12 +67,11 @@ class WitMotionAssembler:
                 log.info("%s: quaternion frames arrive; using them instead of the angles", self.device_id)
             self.uses_quaternion = True
             self._angles_without_quat = 0
-            q = np.asarray(packet.quat_wxyz)
-            norm = float(np.linalg.norm(q))
-            if not 0.5 < norm < 1.5:
+            w, x, y, z = packet.quat_wxyz
+            if not 0.25 < w * w + x * x + y * y + z * z < 2.25:  # norm within (0.5, 1.5)
                 self.invalid += 1
                 return None
-            return self._emit(q / norm, host_time_s)
+            return self._emit(sm.normalise(packet.quat_wxyz), host_time_s)
         if isinstance(packet, wm.WitAngle):
             if self.uses_quaternion:
                 self._angles_without_quat += 1
@@ -81,7 +79,7 @@ class WitMotionAssembler:
                     return None
                 log.info("%s: no quaternion frames; orientation from the angles", self.device_id)
                 self.uses_quaternion = False
-            return self._emit(wm.euler_to_quat(np.asarray(packet.roll_pitch_yaw_deg)), host_time_s)
+            return self._emit(sm.euler_zyx_deg_to_quat(*packet.roll_pitch_yaw_deg), host_time_s)
         if isinstance(packet, wm.WitAcc):
             self._acc_g = packet.acc_g
         elif isinstance(packet, wm.WitGyro):
@@ -90,19 +88,20 @@ class WitMotionAssembler:
             self._time_s = packet.device_time_s
         return None
 
-    def _emit(self, q: np.ndarray, host_time_s: float) -> ImuSample:
-        if q[0] < 0:
-            q = -q
+    def _emit(self, q: sm.Quat, host_time_s: float) -> ImuSample:
+        """``q``: unit, w >= 0. Free acceleration = R(q) (acc_g * g) - g z (the sensor's world is Z up)."""
         acc = None
         if self._acc_g is not None:
-            acc = tuple(float(a) for a in wm.free_acceleration(q, np.asarray(self._acc_g)))
+            g = wm.GRAVITY_MPS2
+            ax, ay, az = sm.rotate(q, self._acc_g)
+            acc = (ax * g, ay * g, az * g - g)
         time_s, self._time_s = self._time_s, None
         return ImuSample(
             device_id=self.device_id,
             host_time_s=host_time_s,
             device_time_s=time_s,
-            quat_wxyz=(float(q[0]), float(q[1]), float(q[2]), float(q[3])),
-            acc_free_mps2=acc,  # type: ignore[arg-type]
+            quat_wxyz=q,
+            acc_free_mps2=acc,
             gyro_dps=self._gyro_dps,
         )
 

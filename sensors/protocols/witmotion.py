@@ -138,6 +138,13 @@ _SERIAL_TYPES = (PacketType.TIME, PacketType.ACC, PacketType.GYRO, PacketType.AN
 _KNOWN_SERIAL = np.zeros(256, dtype=bool)
 _KNOWN_SERIAL[list(_SERIAL_TYPES)] = True
 _EPOCH_2000_S = calendar.timegm((2000, 1, 1, 0, 0, 0))
+# int16 value -> physical unit, per frame type (rows: type byte; columns: v0..v3)
+_SCALES = np.ones((256, 4))
+_SCALES[PacketType.ACC] = (ACC_SCALE_G, ACC_SCALE_G, ACC_SCALE_G, 0.01)
+_SCALES[PacketType.GYRO] = (GYRO_SCALE_DPS, GYRO_SCALE_DPS, GYRO_SCALE_DPS, 1.0)
+_SCALES[PacketType.ANGLE] = (ANGLE_SCALE_DEG, ANGLE_SCALE_DEG, ANGLE_SCALE_DEG, 1.0)
+_SCALES[PacketType.MAG] = (1.0, 1.0, 1.0, 0.01)
+_SCALES[PacketType.QUAT] = (QUAT_SCALE,) * 4
 
 
 # ------------------------------------------------------------------ packet messages
@@ -328,33 +335,42 @@ class WitMotionSerialParser:
         return buf, good
 
     def feed(self, data: bytes) -> list[WitPacket]:
-        """Parse ``data``; returns the frames completed by it, in stream order."""
+        """Parse ``data``; returns the frames completed by it, in stream order.
+
+        Decoding is grouped by frame type: the int16 values of all frames are scaled at once
+        with a per-type scale table, each type's objects are built in one comprehension, and
+        the results are put back in stream order."""
         buf, good = self.feed_offsets(data)
-        if not good.size:
+        n = good.size
+        if not n:
             return []
         arr = np.frombuffer(buf, dtype=np.uint8)
         frames = arr[good[:, None] + np.arange(SERIAL_FRAME_LEN)]  # N x 11
-        types = frames[:, 1].tolist()
-        values = np.ascontiguousarray(frames[:, 2:10]).view("<i2")  # N x 4 int16
-        vals = values.tolist()
-        out: list[WitPacket] = []
-        append = out.append
-        for k, t in enumerate(types):
-            v = vals[k]
+        types = frames[:, 1]
+        raw = np.ascontiguousarray(frames[:, 2:10]).view("<i2")  # N x 4 int16
+        scaled = raw * _SCALES[types]  # N x 4 float64, in the units of each type
+        out: list = [None] * n
+        for t in np.unique(types).tolist():
+            idx = np.flatnonzero(types == t)
+            rows = scaled[idx].tolist()
             if t == 0x51:
-                append(WitAcc((v[0] * ACC_SCALE_G, v[1] * ACC_SCALE_G, v[2] * ACC_SCALE_G), v[3] / 100.0))
+                objs = [WitAcc((r[0], r[1], r[2]), r[3]) for r in rows]
             elif t == 0x52:
-                append(WitGyro((v[0] * GYRO_SCALE_DPS, v[1] * GYRO_SCALE_DPS, v[2] * GYRO_SCALE_DPS), v[3]))
+                objs = [WitGyro((r[0], r[1], r[2]), int(r[3])) for r in rows]
             elif t == 0x53:
-                append(WitAngle((v[0] * ANGLE_SCALE_DEG, v[1] * ANGLE_SCALE_DEG, v[2] * ANGLE_SCALE_DEG), v[3] & 0xFFFF))
+                objs = [WitAngle((r[0], r[1], r[2]), int(r[3]) & 0xFFFF) for r in rows]
             elif t == 0x59:
-                append(WitQuat((v[0] * QUAT_SCALE, v[1] * QUAT_SCALE, v[2] * QUAT_SCALE, v[3] * QUAT_SCALE)))
+                objs = [WitQuat((r[0], r[1], r[2], r[3])) for r in rows]
             elif t == 0x54:
-                append(WitMag((v[0], v[1], v[2]), v[3] / 100.0))
+                objs = [WitMag((int(r[0]), int(r[1]), int(r[2])), r[3]) for r in rows]
             elif t == 0x50:
-                append(_decode_time(frames[k, 2:10].tobytes()))
+                objs = [_decode_time(frames[i, 2:10].tobytes()) for i in idx.tolist()]
             else:
-                append(WitOther(t, (v[0], v[1], v[2], v[3])))
+                objs = [WitOther(t, (int(r[0]), int(r[1]), int(r[2]), int(r[3]))) for r in rows]
+            if idx.size == n:
+                return objs
+            for i, o in zip(idx.tolist(), objs):
+                out[i] = o
         return out
 
 

@@ -144,3 +144,19 @@ def test_free_acceleration_removes_gravity() -> None:
     q = wm.euler_to_quat([30.0, -20.0, 75.0])
     gravity_in_sensor = quat_rotate(q * [1, -1, -1, -1], [0, 0, 1.0])  # what a still sensor measures, in g
     assert wm.free_acceleration(q, gravity_in_sensor) == pytest.approx([0, 0, 0], abs=1e-9)
+
+
+def test_scalar_math_matches_the_array_reference() -> None:
+    from sensors.protocols import scalar_math as sm
+    from vimcan_core.rotations import quat_normalize
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        raw = rng.normal(size=4)
+        q = sm.normalise(tuple(raw))
+        assert np.allclose(q, quat_normalize(raw), atol=1e-12)
+        v = rng.normal(size=3)
+        assert np.allclose(sm.rotate(q, tuple(v)), quat_rotate(np.array(q), v), atol=1e-12)
+        rpy = rng.uniform(-180, 180, size=3)
+        assert np.allclose(sm.euler_zyx_deg_to_quat(*rpy), wm.euler_to_quat(rpy), atol=1e-12)
+    assert sm.normalise((0.0, 0.0, 0.0, 0.0)) is None and sm.normalise((float("nan"), 0, 0, 1)) is None
