@@ -80,6 +80,25 @@ def backend_of(pipeline) -> str:
     return "none: no network runs (simulation)" if "ground truth" in name.lower() else (name or "–")
 
 
+def discover_devices(ble_timeout_s: float = 4.0) -> list[str]:
+    """Serial ports (probed) and BLE IMUs in range, one line each with the spec to use (blocks seconds)."""
+    from sensors.discovery import list_serial_ports, probe_ports, scan_ble
+
+    lines = []
+    for info in probe_ports(list_serial_ports()):
+        spec = info.suggested_spec
+        lines.append(f"{info.port}: {info.recognised_as}" + (f"  →  {spec}" if spec else ""))
+    try:
+        for dev in scan_ble(ble_timeout_s):
+            name = getattr(dev, "name", None) or "BLE device"
+            address = getattr(dev, "address", "")
+            spec = getattr(dev, "spec", None)
+            lines.append(f"{name} {address}" + (f"  →  {spec}" if spec else ""))
+    except VimcanError as exc:
+        lines.append(f"Bluetooth: {exc}")
+    return lines
+
+
 # ----------------------------------------------------------------------------- recording
 class StudioRecorder:
     """The record button's recorder: one ``sensors.recording.TakeRecorder`` per take, fed by its own
@@ -167,51 +186,67 @@ def make_recorder(pipeline, takes_dir: Path) -> StudioRecorder:
 
 
 # ----------------------------------------------------------------------------- calibration
+def _calibrated_stage(pipeline):
+    """The object that holds the live calibration: the pose source when it has one, else the pipeline."""
+    for owner in (getattr(pipeline, "pose_source", None), pipeline):
+        if owner is not None and hasattr(owner, "set_calibration"):
+            return owner
+    return None
+
+
+def current_calibration(pipeline):
+    stage = _calibrated_stage(pipeline)
+    if stage is None:
+        return None
+    value = getattr(stage, "calibration", None)
+    return value() if callable(value) else value
+
+
 def apply_heading_reset(pipeline, last_synced) -> tuple[bool, str]:
     """Heading reset with the latest IMU orientations; returns (done, message for the user)."""
     from vimcan_core.calibration import heading_reset
 
     if last_synced is None:
         return False, "no IMU data yet"
-    q = np.asarray(last_synced.imu_quat_wxyz, dtype=np.float64)
     if not np.all(np.asarray(last_synced.imu_present)):
         return False, "an IMU is missing: connect all six, stand straight with arms down, then retry"
-    get = getattr(pipeline, "calibration", None)
-    calibration = get() if callable(get) else get
+    stage = _calibrated_stage(pipeline)
+    if stage is None:
+        return False, "the pose source uses no IMU calibration (simulation ground truth): nothing to reset"
+    calibration = current_calibration(pipeline)
     if calibration is None:
         return False, "no calibration yet: run the calibration wizard first (Ctrl+K)"
-    new = heading_reset(calibration, q)
-    setter = getattr(pipeline, "set_calibration", None)
-    if setter is None:
-        return False, "this pose source does not use a calibration (ground truth)"
-    setter(new)
-    return True, "IMU headings aligned to the performer"
+    stage.set_calibration(heading_reset(calibration, np.asarray(last_synced.imu_quat_wxyz, dtype=np.float64)))
+    return True, "IMU headings aligned to the performer (standing straight, arms down)"
 
 
 def list_profiles() -> list[str]:
-    """Names of the saved calibration profiles (empty when none or when profiles are not available)."""
+    """Names (file stems) of the saved calibration profiles, newest first."""
+    from vimcan_core.calibration_profile import list_profiles as _list
+
     try:
-        from vimcan_core.calibration_profiles import list_profiles as _list  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    try:
-        return list(_list())
-    except (VimcanError, OSError) as exc:
+        return [p.stem for p in _list()]
+    except OSError as exc:
         log.warning("cannot list calibration profiles: %s", exc)
         return []
 
 
 def load_profile_into(pipeline, name: str) -> str:
+    """Load the profile ``name`` and give its calibration to the pose stage; returns a status line."""
+    from vimcan_core.calibration_profile import list_profiles as _list, load_profile, remember_last_profile
+
+    paths = [p for p in _list() if p.stem == name]
+    if not paths:
+        log.error("calibration profile %r not found", name)
+        return f"{name}: not found"
     try:
-        from vimcan_core.calibration_profiles import load_profile  # type: ignore[import-not-found]
-    except ImportError:
-        return "profiles not available"
-    try:
-        calibration = load_profile(name)
-    except (VimcanError, OSError) as exc:
-        log.error("cannot load profile %s: %s", name, exc)
-        return f"{name}: not loaded"
-    setter = getattr(pipeline, "set_calibration", None)
-    if setter is not None:
-        setter(calibration)
-    return name
+        profile = load_profile(paths[0])
+    except VimcanError as exc:
+        log.error("%s", exc)
+        return f"{name}: not loaded (see the log)"
+    remember_last_profile(paths[0])
+    stage = _calibrated_stage(pipeline)
+    if stage is None:
+        return f"{profile.name} (not used by the simulation ground truth)"
+    stage.set_calibration(profile.calibration)
+    return profile.name

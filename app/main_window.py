@@ -20,7 +20,7 @@ from app.panels.devices_panel import DevicesPanel
 from app.panels.log_view import LogView
 from app.panels.record_panel import RecordPanel
 from app.panels.status_panel import InferenceStatus, InputHealth, StatusPanel
-from app.panels.takes_browser import TakesBrowser
+from app.panels.takes_browser import TakesBrowser, default_export
 from app.qt_bridge import PipelineBridge
 from app.settings import StudioSettings, save_settings
 from app.views.imu_plots import ImuPlots
@@ -103,12 +103,15 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setCentralWidget(centre)
 
         # ---- panels
-        self.devices_panel = DevicesPanel(self._devices, discover=None)
+        from app.live import discover_devices
+
+        self.devices_panel = DevicesPanel(self._devices, discover=discover_devices)
         self.status_panel = StatusPanel()
         self.record_panel = RecordPanel(self._make_recorder())
         self.record_panel.countdown_spin.setValue(self.settings.record_countdown_s)
         self.record_panel.stopped.connect(self._on_take_saved)
-        self.takes_browser = TakesBrowser(Path(self.settings.takes_dir))
+        self.takes_browser = TakesBrowser(
+            Path(self.settings.takes_dir), export_fn=lambda folder: default_export(folder, self.settings.bvh.writer_config()))
         self.takes_browser.playback_started.connect(lambda: self._set_mode(ViewMode.PLAYBACK))
         self.takes_browser.playback_stopped.connect(lambda: self._set_mode(ViewMode.LIVE))
         self.takes_browser.pose.connect(self._on_playback_pose)

@@ -39,9 +39,20 @@ class PoseSourceChoice(Enum):
 
 @dataclass(frozen=True)
 class BvhOptions:
-    rotation_order: str = "zyx"  # Euler order of the joint channels (BVH readers differ; zyx is the most common)
-    units: Units = Units.CENTIMETRES  # most BVH tools expect centimetres
-    fps: int = 30  # frame rate of exported files (the camera rate)
+    rotation_order: str = "ZXY"  # Euler order of the joint channels (``vimcan_core.bvh.writer.RotationOrder``)
+    units: Units = Units.CENTIMETRES  # most BVH tools (Blender, MotionBuilder) expect centimetres
+    imu_twist: bool = True  # forearm, shin, head and pelvis roll from the IMUs
+
+    def writer_config(self):
+        """The ``BvhWriterConfig`` these options stand for (an unknown order falls back to ZXY)."""
+        from vimcan_core.bvh.writer import BvhWriterConfig, LengthUnit, RotationOrder
+
+        try:
+            order = RotationOrder(self.rotation_order.upper())
+        except ValueError:
+            log.warning("unknown BVH rotation order %r in the settings; using ZXY", self.rotation_order)
+            order = RotationOrder.ZXY
+        return BvhWriterConfig(order=order, units=LengthUnit(self.units.value), imu_twist=self.imu_twist)
 
 
 @dataclass(frozen=True)

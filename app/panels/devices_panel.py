@@ -9,6 +9,7 @@ It works on ``sensors.device.Device`` objects (``device_id``, ``kind``, ``stats(
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable, Sequence
 
 from PySide6 import QtCore, QtGui, QtWidgets
@@ -33,13 +34,15 @@ STATE_RGB = {
 class DevicesPanel(QtWidgets.QWidget):
     """A table of devices with connect / disconnect / discover buttons.
 
-    ``devices`` is a callable returning the current devices (the pipeline's), so that the
-    table follows devices added by discovery. ``discover`` (optional) searches for devices
-    and returns how many were added; it runs in the UI thread only if it is quick, so pass a
-    function that starts a background search.
+    ``devices`` is a callable returning the current devices (the pipeline's). ``discover``
+    (optional) searches serial ports and Bluetooth and returns one line per device found
+    (what it is and the spec to use); it blocks for seconds, so it runs in a worker thread and
+    its result comes back through ``discovered``.
     """
 
     devices_changed = QtCore.Signal()
+    discovered = QtCore.Signal(list)  # lines describing what the search found
+    _discover_failed = QtCore.Signal(str)
 
     def __init__(self, devices: Callable[[], Sequence[Device]], discover: Callable[[], object] | None = None,
                  parent: QtWidgets.QWidget | None = None) -> None:
@@ -76,8 +79,15 @@ class DevicesPanel(QtWidgets.QWidget):
         buttons.addWidget(self.discover_button)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
+        self.found_label = QtWidgets.QLabel("")
+        self.found_label.setWordWrap(True)
+        self.found_label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
+        layout.addWidget(self.found_label)
+        self._discover_thread: threading.Thread | None = None
+        self.discovered.connect(self._show_found)
+        self._discover_failed.connect(self._show_failed)
         self.refresh()
 
     # ------------------------------------------------------------------ actions
@@ -104,13 +114,33 @@ class DevicesPanel(QtWidgets.QWidget):
                 self.set_connected(devices[row], connected)
 
     def _on_discover(self) -> None:
-        if self._discover is None:
+        if self._discover is None or (self._discover_thread is not None and self._discover_thread.is_alive()):
             return
-        try:
-            self._discover()
-        except Exception as exc:  # discovery errors are the user's business: show them in the log
-            log.error("device discovery failed: %s", exc)
-        self.refresh()
+        self.discover_button.setEnabled(False)
+        self.found_label.setText("searching serial ports and Bluetooth…")
+        search = self._discover
+
+        def work() -> None:
+            try:
+                lines = list(search())
+            except Exception as exc:  # discovery errors are the user's business: show them
+                self._discover_failed.emit(str(exc))
+            else:
+                self.discovered.emit(lines)
+
+        self._discover_thread = threading.Thread(target=work, name="device-discovery", daemon=True)
+        self._discover_thread.start()
+
+    def _show_found(self, lines: list) -> None:
+        self.discover_button.setEnabled(True)
+        self.found_label.setText("Found:\n" + "\n".join(lines) if lines else "no sensors found")
+        for line in lines:
+            log.info("discovered: %s", line)
+
+    def _show_failed(self, message: str) -> None:
+        self.discover_button.setEnabled(True)
+        self.found_label.setText(f"search failed: {message}")
+        log.error("device discovery failed: %s", message)
 
     # ------------------------------------------------------------------ display
     def refresh(self) -> None:

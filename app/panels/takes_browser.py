@@ -322,24 +322,17 @@ class TakesBrowser(QtWidgets.QWidget):
             t.join(timeout_s)
 
 
-def default_export(folder: Path) -> Path:
-    """Rewrite take.bvh from poses.csv (``vimcan_core.take.write_take_bvh``)."""
-    from vimcan_core.take import TAKE_BVH, write_take_bvh
+def default_export(folder: Path, bvh_config=None) -> Path:
+    """Rewrite the take's BVH and world-position CSV from poses.csv (``sensors.export.export_take``)."""
+    from sensors.export import ExportOptions, export_take
 
-    write_take_bvh(folder)
-    return Path(folder) / TAKE_BVH
+    options = ExportOptions() if bvh_config is None else ExportOptions(bvh_config=bvh_config)
+    written = export_take(folder, options)
+    return written[0]
 
 
 def default_resolve(folder: Path) -> Path:
-    """Re-solve a take offline with the bidirectional model (the export engineer's function)."""
-    import importlib
+    """Re-solve a take offline with the bidirectional model (``sensors.export.resolve_take``)."""
+    from sensors.export import resolve_take
 
-    for module, name in (("vimcan_core.take_resolve", "resolve_take"), ("vimcan_core.resolve", "resolve_take"),
-                         ("app.cli.export", "resolve_take")):
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        return Path(fn(folder))
-    raise VimcanError("offline re-solve is not available in this build (no resolve_take function found); "
-                      "use `vimcan export TAKE --resolve` once it is installed")
+    return Path(resolve_take(folder))

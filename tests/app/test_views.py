@@ -250,7 +250,7 @@ def test_settings_round_trip_and_bad_values_fall_back(tmp_path):
 
     path = tmp_path / "studio.ini"
     s = StudioSettings(devices=("witmotion:/dev/ttyUSB0@115200", "sim"), camera="0", units=Units.CENTIMETRES,
-                       bvh=BvhOptions(rotation_order="xyz", units=Units.METRES, fps=60), last_profile="alice",
+                       bvh=BvhOptions(rotation_order="XYZ", units=Units.METRES, imu_twist=False), last_profile="alice",
                        record_countdown_s=3, follow_performer=True, pose_source=PoseSourceChoice.GROUND_TRUTH)
     save_settings(s, open_qsettings(path))
     assert load_settings(open_qsettings(path)) == s  # a fresh QSettings reads the file back
@@ -261,6 +261,8 @@ def test_settings_round_trip_and_bad_values_fall_back(tmp_path):
     loaded = load_settings(open_qsettings(path))
     assert loaded.units == StudioSettings().units and loaded.record_countdown_s == 0
     assert loaded.last_profile == "alice"
+    cfg = s.bvh.writer_config()
+    assert cfg.order.value == "XYZ" and cfg.units.value == "m" and not cfg.imu_twist
 
 
 def test_bridge_drains_without_blocking_and_counts_gaps(qtbot):
