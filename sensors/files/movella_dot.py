@@ -106,6 +106,12 @@ def read_dot_csv(path: str | Path) -> ImuRecording:
     m = re.match(r"([\d.]+)\s*Hz", meta.get("OutputRate", ""))
     if m:
         rate = float(m.group(1))
+    if counter is None and rate and len(time_s) > 1:
+        # SDK logs have no PacketCounter: derive one from the clock so gaps still count as dropped
+        derived = np.round((time_s - time_s[0]) * rate).astype(np.int64)
+        if np.all(np.diff(derived) >= 1):
+            counter = derived
+            meta["packet_counter"] = "derived from SampleTimeFine and OutputRate"
     tag = meta.get("DeviceTag") or path.stem
     return ImuRecording(
         device_id=f"dot:{tag}", source=path, format=fmt, time_s=time_s, quat_wxyz=q,

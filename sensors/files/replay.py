@@ -19,7 +19,6 @@ from typing import Sequence
 from sensors.device import Device, DeviceConfig
 from sensors.files.recording import ImuRecording
 from sensors.samples import Sample
-from vimcan_core.errors import DeviceLost
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,6 @@ class FileReplayDevice(Device):
         self._started = False
 
     def _connect(self) -> None:
-        if not self.recording.source.exists():
-            raise DeviceLost(f"{self.device_id}: {self.recording.source} no longer exists")
         if not self._started:  # a reconnection resumes where it was
             self._start_host = time.monotonic()
             self._started = True
@@ -94,9 +91,7 @@ class FileReplayDevice(Device):
         return out
 
     def _account(self, start: int, end: int) -> None:
-        lost = int(self._lost[start:end].sum()) if start > 0 or end > 0 else 0
-        if start == 0 and self._loop_offset_s == 0:
-            lost -= int(self._lost[0])
+        lost = int(self._lost[start:end].sum())  # lost_before()[0] is 0: nothing counted across a loop
         if lost:
             self._count_dropped(lost)
 

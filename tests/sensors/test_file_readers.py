@@ -191,3 +191,22 @@ def test_replay_loops_with_increasing_time(imu_dir: Path) -> None:
     assert len(t) >= 23 and np.all(np.diff(t) > 0)
     assert np.allclose(np.diff(t), 0.01)  # one period between the last sample and the next loop's first
     assert dev.state == DeviceState.STOPPED and not dev.finished.is_set()
+
+
+def test_dot_sdk_log_one_line_header_100us_ticks_and_clock_wrap(tmp_path: Path) -> None:
+    # the PC SDK logger's layout (README section 1): whole header on one line, no PacketCounter,
+    # SampleTimeFine in 100 us ticks; this clock wraps through 2**32 during the file
+    path = tmp_path / "sdk.csv"
+    ticks = (2**32 - 500 + np.arange(0, 12) * 167) % 2**32  # 60 Hz = 166.7 ticks of 100 us
+    ticks = np.delete(ticks, [5, 6])  # two samples lost on the link
+    q = np.tile([0.0, 0.0, 0.0, 1.0], (len(ticks), 1))  # 180 deg about Z, written with w = 0
+    lines = ["DeviceTag: D4:22:CD:00:11:22,FirmwareVersion: 2.3.0,SyncStatus: Unsynced,OutputRate: 60Hz",
+             "SampleTimeFine,Quat_W,Quat_X,Quat_Y,Quat_Z,FreeAcc_X,FreeAcc_Y,FreeAcc_Z"]
+    lines += [f"{t},{w},{x},{y},{z},0.1,0.2,0.3" for t, (w, x, y, z) in zip(ticks, q)]
+    path.write_text("\n".join(lines) + "\n")
+    rec = open_recording(path)
+    assert rec.format == RecordingFormat.DOT_SDK_CSV and rec.device_id == "dot:D4:22:CD:00:11:22"
+    assert rec.metadata["sample_time_unit_s"] == "0.0001" and rec.rate_hz == 60.0
+    assert len(rec) == 10 and np.all(np.diff(rec.time_s) > 0)
+    assert rec.dropped == 2 and rec.measured_rate_hz == pytest.approx(60.0, rel=0.01)
+    assert rec.acc_free_mps2[0] == pytest.approx([0.1, 0.2, 0.3])
