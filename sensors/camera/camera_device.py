@@ -15,6 +15,7 @@ sets ``finished``; the device then stays connected and delivers nothing (STALLED
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from sensors.camera.mediapipe_pose import MediaPipePoseEstimator, PoseConfig
 from sensors.camera.webcam import WebcamCapture, WebcamConfig
 from sensors.device import Device, DeviceConfig, DeviceKind
 from sensors.samples import KeypointFrame, Sample
+from vimcan_core.camera import PinholeCamera
 from vimcan_core.errors import DeviceLost
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,23 @@ class CameraDevice(Device):
         self._capture: WebcamCapture | None = None
         self._estimator: MediaPipePoseEstimator | None = None
         self._dropped_seen = 0
+        self._image_size_px: tuple[int, int] | None = None
         self.finished = threading.Event()  # a video file played to its end
 
     @property
     def image_size_px(self) -> tuple[int, int] | None:
-        """(width, height) of the delivered frames, once connected."""
-        cap = self._capture
-        return None if cap is None or not cap.width_px else (cap.width_px, cap.height_px)
+        """(width, height) of the delivered frames, once known (from the first connection on)."""
+        return self._image_size_px
+
+    @property
+    def camera_model(self) -> PinholeCamera | None:
+        """Default intrinsics for the delivered frames (principal point at the centre, square pixels,
+        ``WebcamConfig.hfov_deg``), None until the first connection; calibration replaces them."""
+        if self._image_size_px is None:
+            return None
+        w, h = self._image_size_px
+        f = 0.5 * w / math.tan(math.radians(self.webcam_config.hfov_deg) / 2.0)
+        return PinholeCamera(width_px=w, height_px=h, fx_px=f, fy_px=f, cx_px=w / 2.0, cy_px=h / 2.0)
 
     # ------------------------------------------------------------- Device API
     def _connect(self) -> None:
@@ -66,6 +78,8 @@ class CameraDevice(Device):
         capture = WebcamCapture(self.webcam_config, name=self.device_id)
         capture.open()
         self._capture = capture
+        if capture.width_px:
+            self._image_size_px = (capture.width_px, capture.height_px)
         self._dropped_seen = 0
         # a fresh graph per connection: tracking must not carry over a gap in the video
         self._estimator = MediaPipePoseEstimator(self.pose_config)

@@ -55,6 +55,7 @@ class WebcamConfig:
     speed: float = 1.0  # REALTIME file playback speed factor
     loop: bool = False  # restart a file at its end
     read_failures_before_lost: int = 30  # consecutive failed reads of a live source -> lost
+    hfov_deg: float = 60.0  # horizontal field of view for the default intrinsics (typical webcams: 55-78); calibration refines it
 
     def __post_init__(self) -> None:
         if self.speed <= 0:

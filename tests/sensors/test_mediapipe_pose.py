@@ -167,6 +167,9 @@ def test_camera_device_delivers_keypoint_frames_in_order(video_dir: Path, squats
     frames: list[KeypointFrame] = dev.buffer.snapshot()
     assert len(frames) == FRAMES and st.samples == FRAMES and st.dropped == 0  # FAST playback skips nothing
     assert (frames[0].width_px, frames[0].height_px) == (720, 1280)
+    cam = dev.camera_model  # default intrinsics for the studio until calibration
+    assert (cam.width_px, cam.height_px, cam.cx_px, cam.cy_px) == (720, 1280, 360.0, 640.0)
+    assert cam.fx_px == pytest.approx(360.0 / np.tan(np.radians(30.0)))
     t = np.array([f.device_time_s for f in frames])
     assert np.allclose(t, np.arange(FRAMES) / 5.0, atol=1e-3)
     # the device runs the same graph on the same frames as the direct estimator
