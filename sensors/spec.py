@@ -8,7 +8,8 @@ Grammar::
 kind               address                          options
 =================  ===============================  =========================================
 ``witmotion``      serial port (``/dev/ttyUSB0``,   ``rate`` Hz, ``quat=1`` (enable 0x59),
-                   ``COM3``), ``@BAUD`` (9600)      ``time=1`` (enable 0x50), ``save=1``
+                   ``COM3``), ``@BAUD`` (9600)      ``time=1`` (enable 0x50), ``save=1``,
+                                                    ``baud`` (switch the sensor to it, saved)
 ``line``           serial port, ``@BAUD`` (115200)  ``sensor`` (IMU id on a multi-IMU board)
 ``witmotion-ble``  BLE address or name              ``rate`` Hz, ``save=1``
 ``dot``            BLE address                      ``rate`` Hz, ``heading_reset=1``
@@ -171,7 +172,12 @@ def _witmotion(spec: DeviceSpec, device_id: str | None, config: DeviceConfig | N
 
     rate = spec.option("rate")
     setup = WitMotionSetup(rate_hz=None if rate is None else spec.float_option("rate", 0.0),
-                           enable_quaternion=spec.flag("quat"), enable_time=spec.flag("time"), save=spec.flag("save"))
+                           enable_quaternion=spec.flag("quat"), enable_time=spec.flag("time"), save=spec.flag("save"),
+                           baud=spec.int_option("baud", None))
+    if setup.baud is not None:
+        from sensors.protocols.witmotion import baud_command
+
+        baud_command(setup.baud)
     if setup.rate_hz is not None:
         from sensors.protocols.witmotion import rate_command
 
@@ -247,7 +253,7 @@ def _file(spec: DeviceSpec, device_id: str | None, config: DeviceConfig | None) 
     return FileReplayDevice(spec.address, speed=speed, loop=spec.flag("loop"), device_id=device_id, config=config)
 
 
-register_kind("witmotion", _witmotion, "WitMotion serial IMU (WT901, HWT905...)", ("rate", "quat", "time", "save"))
+register_kind("witmotion", _witmotion, "WitMotion serial IMU (WT901, HWT905...)", ("rate", "quat", "time", "save", "baud"))
 register_kind("witmotion-ble", _witmotion_ble, "WitMotion BLE 5.0 IMU (BWT901BLE...)", ("rate", "save"))
 register_kind("dot", _dot, "Movella DOT over BLE", ("rate", "heading_reset"))
 register_kind("line", _line, "DIY board speaking the VIMCAN line protocol", ("sensor",))

@@ -15,7 +15,7 @@ carry no counter either, so dropped frames cannot be counted (corrupt ones are).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sensors.device import DeviceConfig
 from sensors.drivers.serial_port import SerialDevice, SerialSettings
@@ -34,6 +34,7 @@ class WitMotionSetup:
     enable_quaternion: bool = False  # add 0x59 frames to acc + gyro + angle
     enable_time: bool = False  # add 0x50 chip-time frames (device timestamps)
     save: bool = False  # write the settings to flash
+    baud: int | None = None  # switch the sensor (and then this port) to this baud rate; implies save
 
     def commands(self) -> list[bytes]:
         content = None
@@ -43,7 +44,8 @@ class WitMotionSetup:
                 content |= wm.Content.QUATERNION
             if self.enable_time:
                 content |= wm.Content.TIME
-        return wm.configure_commands(rate_hz=self.rate_hz, content=content, save=self.save)
+        return wm.configure_commands(rate_hz=self.rate_hz, content=content, baud=self.baud,
+                                     save=self.save or self.baud is not None)
 
 
 class WitMotionAssembler:
@@ -127,6 +129,16 @@ class WitMotionSerialDevice(SerialDevice):
         if cmds:
             log.info("%s: configuring (%d commands)", self.device_id, len(cmds))
             self.write_commands(cmds)
+        new_baud = self.setup.baud
+        if new_baud is not None and new_baud != self.settings.baud:
+            # Models differ: some switch at once, some after a power cycle. Either way the
+            # port follows now, and reconnections use the new rate.
+            log.warning("%s: sensor set to %d baud and saved; now listening at %d baud (power-cycle the sensor if "
+                        "no data comes; use @%d from now on)", self.device_id, new_baud, new_baud, new_baud)
+            self.settings = replace(self.settings, baud=new_baud)
+            if self._port is not None:
+                self._port.baudrate = new_baud
+            self.setup = replace(self.setup, baud=None)  # done: do not repeat on reconnection
 
     def _handle_bytes(self, data: bytes, host_time_s: float) -> list[Sample]:
         packets = self.parser.feed(data)

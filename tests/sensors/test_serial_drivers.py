@@ -244,3 +244,23 @@ def test_line_device_end_to_end_with_gaps_bad_lines_and_reconnection(tmp_path: P
         assert dev.stats().dropped == 4  # the jump in seq across the reconnection is not a loss
     finally:
         dev.stop()
+
+
+def test_witmotion_baud_change_is_sent_saved_and_followed(tmp_path: Path) -> None:
+    from sensors.spec import create_device
+
+    port = FakePort(tmp_path / "ttyW3")
+    port.plug()
+    dev = create_device(f"witmotion:{port.link}@9600?baud=115200&rate=200", device_id="w3", config=FAST)
+    dev.start()
+    try:
+        wait_until(lambda: (port.drain() or True) and len(port.received) >= 20, 3, "four commands")
+        assert bytes(port.received) == (wm.unlock_command() + wm.rate_command(200) + wm.baud_command(115200)
+                                        + wm.save_command())
+        wait_until(lambda: dev.settings.baud == 115200, 3, "the port to follow")
+        for k in range(5):
+            port.write(witmotion_burst(k))
+        wait_until(lambda: dev.stats().samples == 5, 3, "samples at the new baud")
+    finally:
+        dev.stop()
+        port.unplug()
