@@ -160,3 +160,18 @@ def test_scalar_math_matches_the_array_reference() -> None:
         rpy = rng.uniform(-180, 180, size=3)
         assert np.allclose(sm.euler_zyx_deg_to_quat(*rpy), wm.euler_to_quat(rpy), atol=1e-12)
     assert sm.normalise((0.0, 0.0, 0.0, 0.0)) is None and sm.normalise((float("nan"), 0, 0, 1)) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=25), st.floats(-179, 179)), min_size=1, max_size=15), st.integers(1, 30))
+def test_ble_packets_hidden_in_random_bytes_are_all_recovered(items, chunk: int) -> None:
+    stream, expected = b"", []
+    for garbage, yaw in items:
+        stream += garbage.replace(b"\x55", b"\x00") + wm.encode_ble_data((0, 0, 1), (0, 0, 0), (0.0, 0.0, yaw))
+        expected.append(yaw)
+    p = wm.WitMotionBleParser()
+    out = []
+    for i in range(0, len(stream), chunk):
+        out += p.feed(stream[i:i + chunk])
+    assert np.allclose([o.roll_pitch_yaw_deg[2] for o in out], expected, atol=0.006)
+    assert p.packets == len(items)
