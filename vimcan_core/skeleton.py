@@ -12,8 +12,10 @@ Conventions (stated once, used everywhere; see also ``vimcan_core.rotations``):
   files in ``../shared/data/cmu``).
 * A joint's *bone orientation* is its global rotation relative to the T-pose:
   in the T-pose every bone orientation is the identity quaternion.
-* Joint ``neck`` is H36M's "Neck/Nose" joint (it sits at about nose height);
-  ``head`` is the top of the head.
+* Joint ``neck`` is H36M's "Neck/Nose" joint (the top of the neck, below the chin);
+  ``head`` is the middle of the head at eye level. The training data (CMU, retargeted in
+  ``vimcan_core.retarget``) and the MediaPipe mapping (``sensors.camera.mediapipe_pose``)
+  both place these joints so; anything that produces keypoints must follow them.
 """
 
 from __future__ import annotations
