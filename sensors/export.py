@@ -263,8 +263,7 @@ def _load_model(config: ResolveConfig) -> Any:
         )
     from vimcan_core.model.checkpoint import load_checkpoint  # torch only when re-solving
 
-    loaded = load_checkpoint(path)
-    model = loaded[0] if isinstance(loaded, tuple) else getattr(loaded, "model", loaded)
+    model, _ = load_checkpoint(path, device=config.device)
     if getattr(getattr(model, "config", None), "streaming", False):
         raise CheckpointError(f"{path}: a streaming (causal) model; --resolve needs bidirectional weights")
     return model

@@ -333,7 +333,7 @@ class TakeRecorder:
                     track.gaps += 1
                 track.state = state
                 lines.append(self._event_line(dev.device_id, RawKind.STATE, state.value, None))
-                if state not in (DeviceState.STREAMING, DeviceState.CONNECTING):
+                if state in _GAP_STATES:
                     log.warning("%s: %s during the take (marked in raw.csv)", dev.device_id, state.value)
         if lines:
             self._write("raw", "".join(lines))

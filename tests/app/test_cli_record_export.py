@@ -125,16 +125,17 @@ def test_killed_recording_is_recovered_with_export_recover(tmp_path: Path) -> No
     assert np.percentile(err_mm, 99) < 1.0
 
 
-def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path) -> None:
-    """--resolve plumbing: the resolved poses are exactly the model's output on the recorded inputs,
-    turned into the world frame (a random tiny model: the shipped weights come later)."""
+def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--resolve plumbing: the model inputs are the recorded ones, and the resolved poses are exactly
+    the model's output turned into the world frame (a random tiny model: the shipped weights come later)."""
     torch = pytest.importorskip("torch")
     import shutil
 
-    from sensors.export import ResolveConfig, build_model_inputs, resolve_take
+    from sensors.export import ResolveConfig, build_model_inputs
     from vimcan_core.camera import normalize_keypoints
     from vimcan_core.model import Vimcan, preset
-    from vimcan_core.rotations import quat_angle, quat_conj, quat_mul, quat_rotate
+    from vimcan_core.model.checkpoint import load_checkpoint, save_checkpoint
+    from vimcan_core.rotations import quat_angle, quat_mul, quat_rotate
     from vimcan_core.take import read_inputs
 
     take = tmp_path / "take"
@@ -142,15 +143,10 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     for name in ("poses.csv", "inputs.csv"):  # the first 2 s keep the CPU time small
         lines = (take / name).read_text().splitlines(keepends=True)
         (take / name).write_text("".join(lines[:61]))
-    torch.manual_seed(0)
-    model = Vimcan(preset("vimcan-t", streaming=False, embed_dim=16, fused_dim=16, num_skeleton_layers=1, num_heads=2))
-    out = resolve_take(take, model=model, config=ResolveConfig(repair_imus=False))
-    resolved = read_poses(out)
     live = read_poses(take / "poses.csv")
-    assert resolved.num_frames == live.num_frames
-    np.testing.assert_array_equal(resolved.frame_index, live.frame_index)
-    # the same computation, written out here from the raw files
     meta = read_meta(take)
+
+    # the inputs, written out here from the files: keypoints normalised, bone orientations into the camera frame
     cam = meta.camera
     q_cw = np.array(cam["quat_cam_from_world"])
     inputs = read_inputs(take / "inputs.csv")
@@ -159,12 +155,10 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     kp = np.concatenate((np.nan_to_num(kp), conf[..., None]), axis=-1)
     valid = live.imu_present & np.isfinite(live.bone_quats_world).all(-1)
     quats = quat_mul(q_cw, np.where(valid[..., None], live.bone_quats_world, [1.0, 0, 0, 0]))
-    with torch.no_grad():
-        y = model(torch.tensor(kp[None], dtype=torch.float32), torch.tensor(quats[None], dtype=torch.float32),
-                  torch.tensor(valid[None]))[0].double().numpy()
-    want = quat_rotate(quat_conj(q_cw), y)
-    want = want - want[:, :1]
-    np.testing.assert_allclose(resolved.joints_m, want, atol=1e-4)
+    as_live = build_model_inputs(take, ResolveConfig(repair_imus=False))
+    np.testing.assert_allclose(as_live.keypoints, kp, atol=1e-9)
+    np.testing.assert_array_equal(as_live.imu_valid, valid)
+    assert np.degrees(quat_angle(as_live.quats_cam, quats)).max() < 1e-4
     # by default the IMUs are paired again from raw.csv with the take's calibration: same orientations
     repaired = build_model_inputs(take)
     assert repaired.repaired and meta.calibration is not None
@@ -172,6 +166,23 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     both = repaired.imu_valid & valid
     angle_deg = np.degrees(quat_angle(repaired.quats_cam[both], quats[both]))
     assert np.median(angle_deg) < 1.0 and np.percentile(angle_deg, 99) < 5.0, (np.median(angle_deg), angle_deg.max())
+
+    torch.manual_seed(0)
+    tiny = dict(embed_dim=16, fused_dim=16, num_skeleton_layers=1, num_heads=2)
+    save_checkpoint(tmp_path / "stream.pt", Vimcan(preset("vimcan-t", streaming=True, **tiny)))
+    assert main(["export", "--resolve", str(take), "--checkpoint", str(tmp_path / "stream.pt")]) == 1
+    assert "bidirectional" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "bi.pt", Vimcan(preset("vimcan-t", streaming=False, **tiny)))
+    assert main(["export", "--resolve", str(take), "--checkpoint", str(tmp_path / "bi.pt")]) == 0
+    resolved = read_poses(take / "poses_resolved.csv")
+    np.testing.assert_array_equal(resolved.frame_index, live.frame_index)
+    model, _ = load_checkpoint(tmp_path / "bi.pt")
+    with torch.no_grad():
+        y = model(torch.tensor(repaired.keypoints[None], dtype=torch.float32),
+                  torch.tensor(repaired.quats_cam[None], dtype=torch.float32),
+                  torch.tensor(repaired.imu_valid[None]))[0].double().numpy()
+    want = quat_rotate(repaired.q_world_from_camera, y)
+    np.testing.assert_allclose(resolved.joints_m, want - want[:, :1], atol=1e-4)
     m = read_bvh(take / "take_resolved.bvh")
     assert m.num_frames == live.num_frames
     np.testing.assert_allclose(m.global_positions()[:, 0], live.root_m, atol=1e-5)  # the live root trajectory
