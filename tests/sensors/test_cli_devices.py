@@ -103,7 +103,7 @@ def test_devices_probe_identifies_witmotion_and_line_boards(monkeypatch, capsys)
                      "--baud", "115200", "--listen", "0.3"])
     assert code == 0
     out = {p["port"]: p for p in json.loads(capsys.readouterr().out)["serial"]}
-    assert out[wit.path]["probe"]["detected"] == "witmotion" and out[wit.path]["probe"]["packets"] >= 40
+    assert out[wit.path]["probe"]["detected"] == "witmotion" and out[wit.path]["probe"]["packets"] >= 12
     assert out[wit.path]["spec"] == f"witmotion:{wit.path}@115200"
     assert out[board.path]["probe"]["detected"] == "line"
     assert out[board.path]["spec"] == f"line:{board.path}@115200"
@@ -156,7 +156,7 @@ def test_monitor_streams_a_serial_witmotion(tmp_path: Path, capsys) -> None:
     status = [ln for ln in text.splitlines() if " Hz " in ln]
     assert len(status) >= 4 and "streaming" in status[-1] and "corrupt 0" in status[-1]
     rows = list(csv.DictReader(open(out)))
-    assert 40 <= len(rows) <= 110
+    assert 20 <= len(rows) <= 110  # 100 Hz for 1 s, minus start-up; generous for a loaded machine
     q = np.array([[float(r[c]) for c in ("quat_w", "quat_x", "quat_y", "quat_z")] for r in rows])
     yaw = np.degrees(2 * np.arctan2(q[:, 3], q[:, 0]))
     steps = np.round(np.diff(yaw))
