@@ -1,0 +1,1 @@
+"""Small Qt widgets used by more than one window or wizard."""

@@ -1,0 +1,252 @@
+"""The calibration wizard driven end to end with the simulated devices (pytest-qt, Xvfb).
+
+The simulated performer plays the user: it moves one sensor's bone at a time when the wizard asks
+which sensor sits where, stands in the T-pose, fidgets once (the capture must start again), takes
+the heading pose, then lowers its arms. The saved profile is checked against the simulation's
+mounting rotations and site assignment. A screenshot of each page goes to the test's output folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6 import QtWidgets  # noqa: E402
+
+from app.calibration_wizard import (  # noqa: E402
+    CalibrationWizard,
+    CapturePage,
+    CheckPage,
+    Phase,
+    WizardConfig,
+    skeleton_from_sites,
+)
+from sensors.simulated import SimCameraConfig, SimImuConfig, SimulatedCamera, SimulatedImu  # noqa: E402
+from vimcan_core.calibration import Calibration, heading_pose_local_quats  # noqa: E402
+from vimcan_core.calibration_profile import (  # noqa: E402
+    ENV_CONFIG_DIR,
+    CalibrationProfile,
+    load_last_profile,
+    load_profile,
+    save_profile,
+)
+from vimcan_core.camera import PinholeCamera  # noqa: E402
+from vimcan_core.kinematics import forward_kinematics  # noqa: E402
+from vimcan_core.performer import Motion, Performer  # noqa: E402
+from vimcan_core.rotations import quat_angle, quat_conj, quat_mul, random_quat  # noqa: E402
+from vimcan_core.skeleton import IMU_JOINT, NUM_IMUS, NUM_JOINTS, ImuSite, default_rest_pose  # noqa: E402
+
+FAST = WizardConfig(poll_ms=30, countdown_s=0.6, capture_s=1.2, camera_ok_s=0.3, assign_hold_s=0.3)
+
+
+class CalibratingPerformer(Performer):
+    """The simulator's performer, plus the heading pose of the calibration (not one of its scripts)."""
+
+    def __init__(self) -> None:
+        super().__init__(script=Motion.STILL)
+        self._heading_pose = False
+        self._heading_local = heading_pose_local_quats()
+
+    def hold(self, motion: Motion, site: ImuSite | None = None) -> None:
+        self._heading_pose = False
+        super().hold(motion, site)
+
+    def hold_heading_pose(self) -> None:
+        self._heading_pose = True
+        Performer.hold(self, Motion.STILL)  # a new script version, so cached poses are recomputed
+
+    def _local_pose(self, t: np.ndarray, script):
+        if self._heading_pose and script.motion == Motion.STILL:
+            local = np.broadcast_to(self._heading_local, t.shape + (NUM_JOINTS, 4)).copy()
+            return local, np.zeros(t.shape + (2,)), np.zeros(t.shape)
+        return super()._local_pose(t, script)
+
+
+class SimRig:
+    """Six IMUs with random mountings and world headings, in a shuffled order, and a camera."""
+
+    def __init__(self, seed: int, camera: PinholeCamera | None = None) -> None:
+        rng = np.random.default_rng(seed)
+        self.performer = CalibratingPerformer()
+        self.camera = camera or PinholeCamera.looking_at([0.4, 1.3, 3.6], [0.0, 0.9, 0.0])
+        order = rng.permutation(NUM_IMUS)
+        self.imus: list[SimulatedImu] = []
+        for k, site in enumerate(order):
+            config = SimImuConfig(
+                mount_quat_sensor_from_bone=tuple(random_quat(rng)), world_heading_deg=float(rng.uniform(-180, 180)),
+                orientation_noise_deg=0.3, seed=seed * 10 + k,
+            )
+            self.imus.append(SimulatedImu(f"imu-{k}", self.performer, ImuSite(int(site)), config))
+        self.cam = SimulatedCamera("cam-0", self.performer, self.camera, SimCameraConfig(pixel_noise_px=0.5, seed=seed))
+        self.devices = [*self.imus, self.cam]
+
+    def by_site(self, site: ImuSite) -> SimulatedImu:
+        return next(d for d in self.imus if d.site == site)
+
+    def q_bone_from_sensor(self, site: ImuSite) -> np.ndarray:
+        return quat_conj(np.asarray(self.by_site(site).sim_config.mount_quat_sensor_from_bone))
+
+    def start(self) -> None:
+        for d in self.devices:
+            d.start()
+
+    def stop(self) -> None:
+        for d in self.devices:
+            d.stop()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(ENV_CONFIG_DIR, str(tmp_path / "config"))
+    return tmp_path / "config"
+
+
+def _shot(widget: QtWidgets.QWidget, output_dir: Path, name: str) -> Path:
+    QtWidgets.QApplication.processEvents()
+    path = output_dir / f"{name}.png"
+    assert widget.grab().save(str(path)), f"could not save {path}"
+    return path
+
+
+def test_wizard_end_to_end_with_simulated_devices(qtbot, output_dir: Path, config_dir: Path) -> None:
+    rig = SimRig(seed=3)
+    rig.start()
+    try:
+        wizard = CalibrationWizard(rig.devices, rig.camera, config=FAST)
+        qtbot.addWidget(wizard)
+        wizard.show()
+
+        # 1. devices: everything ticked by default (six IMUs, one camera)
+        qtbot.waitUntil(lambda: wizard.currentPage().isComplete(), timeout=5000)
+        qtbot.wait(300)
+        _shot(wizard, output_dir, "1_devices")
+        wizard.next()
+        assert wizard.currentId() == wizard.PAGE_SITES
+
+        # 2. sites: the performer moves one bone at a time; the wizard assigns the sensor that moved
+        sites_page = wizard.currentPage()
+        assert not sites_page.isComplete()
+        for site in ImuSite:
+            assert sites_page.body.target == site  # the wizard asks for the sites in order
+            rig.performer.hold(Motion.MOVE_SITE, site)
+            qtbot.waitUntil(lambda: wizard.site_devices[site] is rig.by_site(site), timeout=10000)
+            if site == ImuSite.PELVIS:
+                _shot(wizard, output_dir, "2_sites")  # the pelvis glows while it moves
+            rig.performer.hold(Motion.STILL)
+            qtbot.wait(int(1000 * FAST.move_window_s) + 100)
+        assert sites_page.isComplete()
+        wizard.next()
+
+        # 3. camera: the whole body is in view
+        rig.performer.hold(Motion.T_POSE)
+        qtbot.waitUntil(lambda: wizard.currentPage().isComplete(), timeout=5000)
+        assert "All 17 keypoints" in wizard.currentPage().hint.text()
+        _shot(wizard, output_dir, "3_camera")
+        wizard.next()
+
+        # 4. T-pose: someone moves during the first capture, so it starts again by itself
+        page = wizard.currentPage()
+        assert isinstance(page, CapturePage)
+        qtbot.waitUntil(lambda: page.phase == Phase.CAPTURE_TPOSE, timeout=5000)
+        rig.performer.hold(Motion.MOVE_SITE, ImuSite.LEFT_FOREARM)
+        qtbot.waitUntil(lambda: page.restarts >= 1, timeout=5000)
+        assert page.phase == Phase.COUNTDOWN_TPOSE and "moved" in page.status.text()
+        rig.performer.hold(Motion.T_POSE)
+        qtbot.waitUntil(lambda: page.phase == Phase.COUNTDOWN_HEADING, timeout=15000)
+        _shot(wizard, output_dir, "4a_tpose_captured")
+        rig.performer.hold_heading_pose()
+        qtbot.waitUntil(lambda: page.phase in (Phase.DONE, Phase.FAILED), timeout=30000)
+        assert page.phase == Phase.DONE, page.status.text()
+        _shot(wizard, output_dir, "4b_calibrated")
+        wizard.next()
+
+        # 5. check: arms down; the calibrated IMUs agree with the camera
+        check = wizard.currentPage()
+        assert isinstance(check, CheckPage)
+        rig.performer.hold(Motion.STILL)
+        qtbot.waitUntil(lambda: np.isfinite(check.live_agreement_deg[:4]).all(), timeout=5000)
+        qtbot.wait(400)
+        _shot(wizard, output_dir, "5_check")
+        agreement = check.live_agreement_deg
+        assert np.nanmax(agreement[:4]) < 8.0, f"IMU bones vs camera: {np.round(agreement, 1)} deg"
+        wizard.next()
+
+        # 6. save under a name
+        save = wizard.currentPage()
+        save.name.setText("Test rig, seed 3")
+        _shot(wizard, output_dir, "6_save")
+        with qtbot.waitSignal(wizard.calibrated, timeout=5000) as signal:
+            wizard.button(QtWidgets.QWizard.FinishButton).click()
+    finally:
+        rig.stop()
+
+    path = wizard.profile_path
+    assert signal.args[1] == path and path.parent == config_dir / "profiles" and path.name == "test-rig-seed-3.json"
+    profile = load_profile(path)
+    assert load_last_profile().name == "Test rig, seed 3"
+    for site in ImuSite:
+        assert profile.site_devices[site] == rig.by_site(site).device_id
+    truth = np.array([rig.q_bone_from_sensor(s) for s in ImuSite])
+    err = np.degrees(quat_angle(profile.calibration.q_bone_from_sensor, truth))
+    assert err.max() < 2.0, f"mounting errors {np.round(err, 2)} deg"
+
+    # the bone orientations given to the model match the simulation's (camera frame)
+    pose = rig.performer.pose_at(np.array([0.0, 4.0, 14.0, 20.0]), Motion.LOOP)
+    q_imu = np.stack([rig.by_site(s).measured_quat(pose.site_quats_world[:, s]) for s in ImuSite], axis=1)  # T x 6 x 4
+    expected = quat_mul(np.asarray(rig.camera.quat_cam_from_world), pose.site_quats_world)
+    err_cam = np.degrees(quat_angle(profile.calibration.bone_quats_camera(q_imu), expected))
+    assert err_cam.max() < 3.0, f"camera-frame bone errors {np.round(err_cam, 2)} deg"
+
+
+def test_camera_page_says_which_keypoints_are_missing(qtbot, output_dir: Path, config_dir: Path) -> None:
+    performer = Performer(script=Motion.T_POSE)
+    close = PinholeCamera.looking_at([0.0, 1.4, 1.6], [0.0, 1.3, 0.0])  # the legs are below the picture
+    cam = SimulatedCamera("close-cam", performer, close, SimCameraConfig())
+    cam.start()
+    try:
+        wizard = CalibrationWizard([cam], close, config=FAST)
+        qtbot.addWidget(wizard)
+        page = wizard.pages[wizard.PAGE_CAMERA]
+        page.resize(700, 560)
+        page.initializePage()
+        qtbot.waitUntil(lambda: wizard.feed.poll() or wizard.feed.latest_frame(cam) is not None, timeout=5000)
+        page.tick(time.monotonic())
+        text = page.hint.text()
+        assert "Not in view" in text and "left ankle" in text and "step back" in text.lower(), text
+        assert not page.isComplete()
+        _shot(page, output_dir, "camera_feet_missing")
+    finally:
+        cam.stop()
+
+
+def test_last_profile_is_offered_and_taken(qtbot, config_dir: Path) -> None:
+    camera = PinholeCamera()
+    calib = Calibration.identity(camera)
+    save_profile(CalibrationProfile("Yesterday", calib, tuple(f"imu-{i}" for i in range(NUM_IMUS))))
+    wizard = CalibrationWizard([], camera, config=FAST)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    page = wizard.currentPage()
+    assert "yesterday" in page.last_label.text() and page.use_last_button.isVisible()
+    assert not page.isComplete()  # no devices: the wizard cannot calibrate, but the profile can be taken
+    with qtbot.waitSignal(wizard.calibrated, timeout=2000):
+        page.use_last_button.click()
+    assert wizard.result() == QtWidgets.QDialog.Accepted and wizard.profile_name == "Yesterday"
+    np.testing.assert_allclose(wizard.calibration.q_camera_from_imuworld, calib.q_camera_from_imuworld)
+
+
+def test_skeleton_sketch_of_a_tpose_is_the_rest_pose_seen_by_the_camera() -> None:
+    camera = PinholeCamera()
+    rest = default_rest_pose()
+    q_cw = np.asarray(camera.quat_cam_from_world)
+    bones = np.tile(q_cw, (NUM_IMUS, 1))  # every bone in its T-pose orientation, seen from the camera
+    joints = skeleton_from_sites(bones, rest, q_cw)
+    pos, _ = forward_kinematics(np.tile([1.0, 0, 0, 0], (NUM_JOINTS, 1)), np.zeros(3), rest)
+    from vimcan_core.rotations import quat_rotate
+
+    np.testing.assert_allclose(joints, quat_rotate(q_cw, pos - pos[0]), atol=1e-9)
+    assert joints[IMU_JOINT[ImuSite.LEFT_FOREARM], 0] > 0  # the performer's left is on the image's right
