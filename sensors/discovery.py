@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from sensors.protocols.line import LineInfo, LineParser, LineSample
@@ -101,6 +103,13 @@ class SerialPortInfo:
     serial_number: str | None
     usb: UsbId | None
     probe: ProbeResult | None = None
+    stable_path: str | None = None  # /dev/serial/by-id/... link to this port (survives re-plugging)
+
+    @property
+    def spec_path(self) -> str:
+        """The path to put in a spec: the by-id link when there is one, so that a sensor that comes
+        back as /dev/ttyUSB1 after being unplugged is found again by the reconnection."""
+        return self.stable_path or self.port
 
     @property
     def usb_id(self) -> str:
@@ -118,26 +127,48 @@ class SerialPortInfo:
     @property
     def suggested_spec(self) -> str | None:
         if self.probe is not None and self.probe.detected == Detected.WITMOTION:
-            return f"witmotion:{self.port}@{self.probe.baud}"
+            return f"witmotion:{self.spec_path}@{self.probe.baud}"
         if self.probe is not None and self.probe.detected == Detected.LINE:
-            return f"line:{self.port}@{self.probe.baud}"
+            return f"line:{self.spec_path}@{self.probe.baud}"
         if self.usb is not None and self.usb.kind is not None:
-            return f"{self.usb.kind}:{self.port}@{self.usb.bauds[0]}"
+            return f"{self.usb.kind}:{self.spec_path}@{self.usb.bauds[0]}"
         return None
 
 
-def list_serial_ports(comports: Callable[[], Iterable[Any]] | None = None) -> list[SerialPortInfo]:
-    """The serial ports the OS reports (pyserial's ``comports``), recognised by USB id."""
+BY_ID_DIR = Path("/dev/serial/by-id")
+
+
+def stable_links(by_id_dir: Path = BY_ID_DIR) -> dict[str, str]:
+    """Real device path -> its udev by-id link (Linux; empty elsewhere)."""
+    links: dict[str, str] = {}
+    try:
+        entries = sorted(by_id_dir.iterdir())
+    except OSError:
+        return links
+    for link in entries:
+        try:
+            links.setdefault(os.path.realpath(link), str(link))
+        except OSError:
+            continue
+    return links
+
+
+def list_serial_ports(comports: Callable[[], Iterable[Any]] | None = None,
+                      by_id_dir: Path = BY_ID_DIR) -> list[SerialPortInfo]:
+    """The serial ports the OS reports (pyserial's ``comports``), recognised by USB id,
+    with their stable by-id links where udev made them."""
     if comports is None:
         from serial.tools import list_ports
 
         comports = list_ports.comports
+    links = stable_links(by_id_dir)
     out = []
     for p in comports():
         vid, pid = getattr(p, "vid", None), getattr(p, "pid", None)
         out.append(SerialPortInfo(
             port=p.device, description=getattr(p, "description", "") or "", vid=vid, pid=pid,
             serial_number=getattr(p, "serial_number", None), usb=recognise_usb(vid, pid),
+            stable_path=links.get(os.path.realpath(p.device)),
         ))
     return sorted(out, key=lambda i: i.port)
 
@@ -198,8 +229,7 @@ def probe_ports(ports: Sequence[SerialPortInfo], listen_s: float = 0.6,
             out.append(info)
             continue
         candidate = bauds or (info.usb.bauds if info.usb else _BOARD_BAUDS + (9600,))
-        out.append(SerialPortInfo(info.port, info.description, info.vid, info.pid, info.serial_number, info.usb,
-                                  probe_port(info.port, candidate, listen_s)))
+        out.append(replace(info, probe=probe_port(info.port, candidate, listen_s)))
     return out
 
 

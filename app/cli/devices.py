@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = {
             "serial": [{
-                "port": p.port, "usb_id": p.usb_id or None, "chip": p.usb.chip if p.usb else None,
+                "port": p.port, "stable_path": p.stable_path, "usb_id": p.usb_id or None, "chip": p.usb.chip if p.usb else None,
                 "description": p.description, "serial_number": p.serial_number,
                 "recognised_as": p.recognised_as, "spec": p.suggested_spec,
                 "probe": None if p.probe is None else {
@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        for p in ports:
+            if p.stable_path:
+                print(f"  {p.port} is also {p.stable_path} (a name that stays the same when re-plugged)")
         if not args.probe:
             print("  (--probe listens to each port to identify WitMotion sensors and line-protocol boards)")
     print("BLE IMUs:")

@@ -32,8 +32,10 @@ def _status_line(elapsed_s: float, stats, latest) -> str:
     if latest is not None and hasattr(latest, "quat_wxyz"):
         q = "[" + " ".join(f"{v:+.3f}" for v in latest.quat_wxyz) + "]"
     battery = "" if stats.battery_pct is None else f"  battery {stats.battery_pct:.0f}%"
+    offset = "" if stats.clock_offset_s is None else f"  clock offset {stats.clock_offset_s:+.4f} s"
     return (f"{elapsed_s:7.1f} s  {stats.state.value:<12s} {stats.rate_hz:7.1f} Hz  samples {stats.samples:7d}  "
-            f"dropped {stats.dropped}  corrupt {stats.corrupt}  reconnects {stats.reconnects}  age {age}  q {q}{battery}")
+            f"dropped {stats.dropped}  corrupt {stats.corrupt}  reconnects {stats.reconnects}  age {age}  q {q}"
+            f"{offset}{battery}")
 
 
 def run(args: argparse.Namespace) -> int:

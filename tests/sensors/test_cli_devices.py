@@ -175,3 +175,17 @@ def test_monitor_reports_a_missing_port(capsys) -> None:
 def test_monitor_rejects_a_bad_spec(capsys) -> None:
     assert main(["monitor", "line:/dev/ttyACM0?speed=2"]) == 1
     assert "unknown option 'speed' for line" in capsys.readouterr().err
+
+
+def test_by_id_links_are_suggested_because_they_survive_replugging(tmp_path: Path) -> None:
+    with Streamer(wit_frame) as wit:
+        by_id = tmp_path / "by-id"
+        by_id.mkdir()
+        (by_id / "usb-1a86_USB_Serial-if00-port0").symlink_to(wit.path)
+        P = types.SimpleNamespace
+        ports = discovery.list_serial_ports(
+            lambda: [P(device=wit.path, description="USB Serial", vid=0x1A86, pid=0x7523, serial_number=None)], by_id)
+        (info,) = discovery.probe_ports(ports, listen_s=0.3, bauds=[115200])
+    assert info.stable_path == str(by_id / "usb-1a86_USB_Serial-if00-port0")
+    assert info.suggested_spec == f"witmotion:{info.stable_path}@115200"
+    assert info.recognised_as == "WitMotion IMU at 115200 baud"
