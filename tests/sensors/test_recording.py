@@ -281,3 +281,23 @@ def test_killed_writer_is_recovered_up_to_the_last_flush(tmp_path: Path) -> None
     poses = read_poses(folder / "poses.csv")
     np.testing.assert_array_equal(poses.frame_index, np.arange(meta.frames))
     assert read_bvh(folder / "take.bvh").num_frames == meta.frames
+
+
+def test_samples_overwritten_before_the_recorder_read_them_are_counted_and_marked(tmp_path: Path) -> None:
+    imu = SimImu("imu-fast", rate_hz=400.0)
+    imu.config = DeviceConfig(buffer_capacity=4)
+    imu.buffer = type(imu.buffer)(4)
+    imu.start()
+    q: queue.Queue = queue.Queue(maxsize=8)
+    rec = TakeRecorder(tmp_path / "take", q, [imu], config=RecorderConfig(raw_interval_s=0.3))
+    rec.start()
+    time.sleep(1.0)
+    meta = rec.stop()
+    imu.stop()
+    raw = read_raw(tmp_path / "take" / "raw.csv")
+    lost_rows = raw.rows(RawKind.LOST, "imu-fast")
+    (dev,) = meta.devices
+    assert dev.lost > 0 and raw.lost[lost_rows].sum() == dev.lost
+    seq = raw.column("seq")[raw.rows(RawKind.IMU, "imu-fast")]
+    assert dev.samples == len(seq)
+    assert np.diff(seq).max() > 1  # the gaps are visible in the sequence numbers, not filled
