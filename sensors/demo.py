@@ -166,9 +166,13 @@ def build_demo_rig(config: DemoConfig = DemoConfig()) -> DemoRig:
 
 def build_demo_pipeline(pose_source: PoseSource | None = None, config: DemoConfig = DemoConfig()) -> CapturePipeline:
     """A ready-to-start pipeline on the demo rig; ``pipeline.demo`` is the ``DemoRig``.
-    The pose source defaults to the simulation's ground truth."""
+    The pose source defaults to the simulation's ground truth; a pose source without a
+    calibration (``ModelPoseSource``) is given the rig's true one and its camera model."""
     rig = build_demo_rig(config)
-    pipeline = CapturePipeline(dict(rig.imus), rig.camera, pose_source or rig.ground_truth, config.pipeline)
+    source = pose_source or rig.ground_truth
+    if hasattr(source, "set_calibration") and getattr(source, "calibration", None) is None:
+        source.set_calibration(rig.true_calibration(), camera=rig.camera_model)  # the model pose source
+    pipeline = CapturePipeline(dict(rig.imus), rig.camera, source, config.pipeline)
     pipeline.demo = rig
     log.info("demo pipeline: %d simulated IMUs and a %dx%d camera, pose source %r",
              NUM_IMUS, rig.camera_model.width_px, rig.camera_model.height_px, pipeline.pose_source.name)
