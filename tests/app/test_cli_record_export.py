@@ -69,7 +69,7 @@ def test_take_bvh_round_trips_to_the_recorded_joints(demo_take: Path) -> None:
     back = _bvh_joints(demo_take / "take.bvh")
     assert back.shape == world.shape
     err_mm = 1000 * np.linalg.norm(back - world, axis=-1)
-    assert np.percentile(err_mm, 99) < 1.0 and err_mm.max() < 5.0, (np.percentile(err_mm, 99), err_mm.max())
+    assert err_mm.max() < 1.0, err_mm.max()  # within 1 mm (a rigid skeleton: micrometres)
     step = np.abs(np.diff(read_bvh(demo_take / "take.bvh").values[:, 3:], axis=0))
     assert step.max() < 90.0  # no 360-degree (or 180-degree) jumps in any channel
 
@@ -83,7 +83,7 @@ def test_export_in_centimetres_and_zyx(demo_take: Path, tmp_path: Path, capsys: 
     poses = read_poses(demo_take / "poses.csv")
     world = poses.joints_m + poses.root_m[:, None, :]
     err_mm = 1000 * np.linalg.norm(_bvh_joints(tmp_path / "take.bvh", 100.0) - world, axis=-1)
-    assert np.percentile(err_mm, 99) < 1.0
+    assert err_mm.max() < 1.0
     csv = np.loadtxt(tmp_path / "joints_world_cm.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(csv[:, 2:].reshape(-1, 17, 3) / 100.0, world, atol=1e-6)
 
@@ -122,7 +122,7 @@ def test_killed_recording_is_recovered_with_export_recover(tmp_path: Path) -> No
     assert raw.time_s.max() > table.time_s[-1] - 1.0  # raw samples up to the end were kept too
     back = _bvh_joints(tmp_path / "killed" / "take.bvh")
     err_mm = 1000 * np.linalg.norm(back - (table.joints_m + table.root_m[:, None, :]), axis=-1)
-    assert np.percentile(err_mm, 99) < 1.0
+    assert err_mm.max() < 1.0
 
 
 def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

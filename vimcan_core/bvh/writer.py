@@ -42,6 +42,7 @@ curves have no 360-degree (or 180-degree branch) jumps.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -340,21 +341,27 @@ def euler_filter(angles_rad: np.ndarray, order: RotationOrder | str) -> np.ndarr
     frame the one closest to the previous frame (after adding multiples of 2*pi to each
     angle) is kept. ``order`` is only checked (the identity holds for all six orders)."""
     RotationOrder.parse(order.value if isinstance(order, RotationOrder) else order)
-    a = np.asarray(angles_rad, dtype=np.float64).copy()
+    a = np.asarray(angles_rad, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != 3:
         raise InputShapeError(f"Euler angles must be T x 3, got {a.shape}")
-    two_pi = 2.0 * np.pi
-    for t in range(1, a.shape[0]):
-        prev = a[t - 1]
-        best, best_dist = None, np.inf
-        alt = np.array([a[t, 0] + np.pi, np.pi - a[t, 1], a[t, 2] + np.pi])
-        for cand in (a[t], alt):
-            cand = cand + two_pi * np.round((prev - cand) / two_pi)
-            dist = float(np.sum((cand - prev) ** 2))
+    if a.shape[0] == 0:
+        return a.copy()
+    two_pi = 2.0 * math.pi
+    rows = a.tolist()  # plain floats: this loop is sequential, and per-element numpy is slow
+    out = [rows[0]]
+    p0, p1, p2 = rows[0]
+    for a0, a1, a2 in rows[1:]:
+        best, best_dist = None, math.inf
+        for c0, c1, c2 in ((a0, a1, a2), (a0 + math.pi, math.pi - a1, a2 + math.pi)):
+            c0 += two_pi * round((p0 - c0) / two_pi)
+            c1 += two_pi * round((p1 - c1) / two_pi)
+            c2 += two_pi * round((p2 - c2) / two_pi)
+            dist = (c0 - p0) ** 2 + (c1 - p1) ** 2 + (c2 - p2) ** 2
             if dist < best_dist:
-                best, best_dist = cand, dist
-        a[t] = best
-    return a
+                best, best_dist = (c0, c1, c2), dist
+        p0, p1, p2 = best
+        out.append(best)
+    return np.array(out)
 
 
 def build_clip(
