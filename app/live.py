@@ -26,39 +26,43 @@ def weights_path(settings: StudioSettings) -> Path:
     return Path(settings.model_path) if settings.model_path else SHIPPED_WEIGHTS
 
 
-def make_pose_source(settings: StudioSettings):
-    """The VIMCAN streaming model as pose source, or None (the pipeline's ground truth) with the reason logged."""
+def make_pose_source(settings: StudioSettings, calibration=None, camera=None):
+    """The streaming VIMCAN as pose source, or None (keep the pipeline's ground truth) with the reason logged.
+
+    ``calibration`` (``vimcan_core.calibration.Calibration``) and ``camera`` (``PinholeCamera``) go to
+    the model source: the demo passes its rig's exact ones; with hardware, the wizard's profile."""
     if settings.pose_source == PoseSourceChoice.GROUND_TRUTH:
         return None
     path = weights_path(settings)
     if not path.is_file():
         msg = f"no model weights at {path}: showing the simulation's ground truth instead of the model"
-        if settings.pose_source == PoseSourceChoice.MODEL:
-            log.error(msg)
-        else:
-            log.warning(msg)
+        (log.error if settings.pose_source == PoseSourceChoice.MODEL else log.warning)(msg)
         return None
     try:
         from sensors.model_source import ModelPoseSource
-    except ImportError as exc:
-        log.warning("the live model pose source is not available (%s): showing ground truth", exc)
+
+        source = ModelPoseSource.from_checkpoint(path, calibration=calibration, camera=camera)
+    except (ImportError, VimcanError, OSError, RuntimeError) as exc:
+        log.error("could not load the model from %s (%s): showing the simulation's ground truth", path, exc)
         return None
-    try:
-        factory = getattr(ModelPoseSource, "from_checkpoint", None)
-        return factory(path) if factory is not None else ModelPoseSource(path)
-    except (VimcanError, OSError, RuntimeError) as exc:
-        log.error("could not load the model from %s: %s; showing ground truth", path, exc)
-        return None
+    log.info("pose source: %s on %s", source.name, source.backend)
+    return source
 
 
 def build_live_pipeline(settings: StudioSettings, demo: bool = True):
-    """The capture pipeline the window shows. Demo: simulated performer and sensors."""
+    """The capture pipeline the window shows. Demo: simulated performer and sensors, and the model
+    (with the rig's exact calibration) when its weights are found, else the simulation's ground truth."""
     if not demo:
         raise VimcanError("live hardware from the studio is set up with the devices panel; start with --demo "
                           "or configure devices with `vimcan devices` first")
     from sensors.demo import build_demo_pipeline
 
-    return build_demo_pipeline(pose_source=make_pose_source(settings))
+    pipeline = build_demo_pipeline()
+    rig = pipeline.demo
+    source = make_pose_source(settings, calibration=rig.true_calibration(), camera=rig.camera_model)
+    if source is not None:
+        pipeline.set_pose_source(source)
+    return pipeline
 
 
 def camera_model_of(pipeline):
@@ -192,6 +196,18 @@ def _calibrated_stage(pipeline):
         if owner is not None and hasattr(owner, "set_calibration"):
             return owner
     return None
+
+
+def set_calibration(pipeline, calibration, camera=None) -> bool:
+    """Give a calibration to the pose stage; False when the stage uses none (ground truth)."""
+    stage = _calibrated_stage(pipeline)
+    if stage is None:
+        return False
+    if camera is not None and stage is getattr(pipeline, "pose_source", None):
+        stage.set_calibration(calibration, camera)
+    else:
+        stage.set_calibration(calibration)
+    return True
 
 
 def current_calibration(pipeline):

@@ -129,8 +129,10 @@ class MainWindow(QtWidgets.QMainWindow):
         log_dock = self._dock("Log", self.log_view, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
         self.tabifyDockWidget(takes_dock, log_dock)
         takes_dock.raise_()
-        self.resizeDocks([takes_dock], [210], QtCore.Qt.Orientation.Vertical)
-        self.resizeDocks([self._docks["Devices"]], [560], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([takes_dock], [170], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([self._docks["Devices"]], [600], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([self._docks["Devices"], self._docks["Inference"], self._docks["Record"]], [280, 250, 150],
+                         QtCore.Qt.Orientation.Vertical)
 
         self._build_actions()
         self.status_line = QtWidgets.QLabel("starting…")
@@ -358,21 +360,24 @@ class MainWindow(QtWidgets.QMainWindow):
             log.error("the calibration wizard is not available: %s", exc)
             return None
         wizard = CalibrationWizard(self.pipeline, self._camera_model(), self)
-        finished = getattr(wizard, "finished", None)
-        if finished is not None:
-            finished.connect(lambda *_: self._on_calibrated(wizard))
-        wizard.show()
+        wizard.calibrated.connect(self._on_calibrated)
+        wizard.show()  # modeless: the live view keeps running behind it
         self.wizard = wizard
         return wizard
 
-    def _on_calibrated(self, wizard) -> None:
-        calibration = getattr(wizard, "calibration", None)
-        profile = getattr(wizard, "profile_name", None)
-        if calibration is not None:
-            self.calibration_label.setText(f"calibration: {profile or 'new'}")
-            self._fill_profiles()
-            if profile:
-                self.profile_box.setCurrentText(profile)
+    def _on_calibrated(self, calibration, profile_path) -> None:
+        from app.live import set_calibration
+
+        used = set_calibration(self.pipeline, calibration, self._camera_model())
+        name = Path(profile_path).stem if profile_path else "unsaved"
+        self.calibration_label.setText(f"calibration: {name}" + ("" if used else " (not used by the ground truth)"))
+        self._fill_profiles()
+        if profile_path:
+            self.profile_box.blockSignals(True)
+            self.profile_box.setCurrentText(Path(profile_path).stem)
+            self.profile_box.blockSignals(False)
+            self.settings = replace(self.settings, last_profile=Path(profile_path).stem)
+        log.info("calibration applied: %s", name)
 
     def _fill_profiles(self) -> None:
         from app.live import list_profiles

@@ -161,17 +161,21 @@ def _run_headless(qapp, window, args: argparse.Namespace) -> int:
     def begin() -> None:
         result["take_started"] = window.record_panel.start()
 
+    def stop_take() -> None:
+        result["take"] = window.record_panel.stop()  # the browser lists it before the screenshot
+
     def finish() -> None:
         shot = out / "studio.png"
         window.save_screenshot(shot)
         result["screenshot"] = shot
-        result["take"] = window.record_panel.stop()
         result["frames"] = window.bridge.stats().frames
         window.close()
         qapp.quit()
 
+    seconds = max(float(args.seconds), 3.0)
     QtCore.QTimer.singleShot(500, begin)
-    QtCore.QTimer.singleShot(int(args.seconds * 1000), finish)
+    QtCore.QTimer.singleShot(int((seconds - 1.0) * 1000), stop_take)
+    QtCore.QTimer.singleShot(int(seconds * 1000), finish)
     qapp.exec()
     window.deleteLater()
     qapp.processEvents()

@@ -19,7 +19,7 @@ from sensors.device import Device, DeviceState
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("Device", "Kind", "State", "Rate", "Last sample", "Battery", "Dropped")
+COLUMNS = ("Device", "Kind", "State", "Rate", "Last sample", "Battery", "Lost")
 STATE_RGB = {
     DeviceState.STREAMING: OK_RGB,
     DeviceState.CONNECTING: WARN_RGB,
@@ -54,9 +54,13 @@ class DevicesPanel(QtWidgets.QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.Stretch)
+        self.table.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.setAlternatingRowColors(True)
+        self.table.verticalHeader().setDefaultSectionSize(24)
+        self.table.setMinimumHeight(24 * 7 + 40)  # six IMUs and a camera without scrolling
 
         self.connect_button = QtWidgets.QPushButton("Connect")
         self.disconnect_button = QtWidgets.QPushButton("Disconnect")
@@ -85,6 +89,7 @@ class DevicesPanel(QtWidgets.QWidget):
         layout.addWidget(self.table)
         layout.addLayout(buttons)
         layout.addWidget(self.found_label)
+        self.found_label.hide()
         self._discover_thread: threading.Thread | None = None
         self.discovered.connect(self._show_found)
         self._discover_failed.connect(self._show_failed)
@@ -118,6 +123,7 @@ class DevicesPanel(QtWidgets.QWidget):
             return
         self.discover_button.setEnabled(False)
         self.found_label.setText("searching serial ports and Bluetooth…")
+        self.found_label.show()
         search = self._discover
 
         def work() -> None:
