@@ -10,7 +10,8 @@ kind               address                          options
 ``witmotion``      serial port (``/dev/ttyUSB0``,   ``rate`` Hz, ``quat=1`` (enable 0x59),
                    ``COM3``), ``@BAUD`` (9600)      ``time=1`` (enable 0x50), ``save=1``,
                                                     ``baud`` (switch the sensor to it, saved)
-``line``           serial port, ``@BAUD`` (115200)  ``sensor`` (IMU id on a multi-IMU board)
+``line``           serial port, ``@BAUD`` (115200)  ``sensor``: the IMU id on a multi-IMU board;
+                                                    devices of one board share its port
 ``witmotion-ble``  BLE address or name              ``rate`` Hz, ``save=1``
 ``dot``            BLE address                      ``rate`` Hz, ``heading_reset=1``
 ``sim``            an IMU site (``pelvis``...)      ``rate``, ``seed``, ``drop``, ``jitter``,
@@ -187,10 +188,13 @@ def _witmotion(spec: DeviceSpec, device_id: str | None, config: DeviceConfig | N
 
 
 def _line(spec: DeviceSpec, device_id: str | None, config: DeviceConfig | None) -> Device:
-    from sensors.drivers.line_serial import LineSerialDevice
+    from sensors.drivers.line_serial import LineBoardImu, LineSerialDevice
 
-    return LineSerialDevice(spec.address, spec.baud or DEFAULT_BAUD["line"], sensor=spec.int_option("sensor", None),
-                            device_id=device_id, config=config)
+    baud = spec.baud or DEFAULT_BAUD["line"]
+    sensor = spec.int_option("sensor", None)
+    if sensor is None:  # the board's only (or first) IMU, port owned by this device
+        return LineSerialDevice(spec.address, baud, device_id=device_id, config=config)
+    return LineBoardImu(spec.address, baud, sensor=sensor, device_id=device_id, config=config)
 
 
 _BLE_FIX = "install the BLE support with `pip install bleak` (it is in the project's dependencies)"

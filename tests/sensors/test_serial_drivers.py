@@ -264,3 +264,51 @@ def test_witmotion_baud_change_is_sent_saved_and_followed(tmp_path: Path) -> Non
     finally:
         dev.stop()
         port.unplug()
+
+
+def test_three_imus_of_one_board_share_its_port_and_reconnect_together(tmp_path: Path) -> None:
+    from sensors.drivers.line_serial import LineBoard, LineBoardImu
+    from sensors.spec import create_device
+
+    port = FakePort(tmp_path / "ttyBOARD")
+    port.plug()
+    imus = [create_device(f"line:{port.link}@115200?sensor={k}", config=FAST) for k in range(3)]
+    assert all(isinstance(d, LineBoardImu) for d in imus)
+    for d in imus:
+        d.start()
+    try:
+        wait_until(lambda: all(d.state == DeviceState.STREAMING for d in imus), 5, "three IMUs connected")
+        assert len({id(d.board) for d in imus}) == 1  # one board object, one reader thread, one open port
+        lost = {0: {7}, 1: set(), 2: {3, 4}}
+        port.write(b"I,board,ESP32 + 3 x BNO085\n")
+        for seq in range(20):
+            for k in range(3):
+                if seq not in lost[k]:
+                    q = (np.cos(0.1 * k), np.sin(0.1 * k), 0.0, 0.0)
+                    port.write(lp.format_sample(lp.LineSample(k, seq, 1000 * seq + k, q, None)))
+            if seq == 10:
+                port.write(b"Q,1,garbled\n")
+            time.sleep(0.002)
+        wait_until(lambda: [d.stats().samples for d in imus] == [19, 20, 18], 5, "every IMU's samples")
+        for k, d in enumerate(imus):
+            st = d.stats()
+            assert (st.dropped, st.corrupt) == (len(lost[k]), 1)
+            got = d.buffer.snapshot()
+            assert [s.seq for s in got] == [s for s in range(20) if s not in lost[k]]
+            assert all(s.device_id == f"line:{port.link}#{k}" for s in got)
+            assert np.allclose(got[0].quat_wxyz, (np.cos(0.1 * k), np.sin(0.1 * k), 0, 0), atol=2e-5)  # 5 decimals
+        assert imus[0].info["board"] == "ESP32 + 3 x BNO085"
+
+        port.unplug()
+        wait_until(lambda: all(d.stats().reconnects >= 1 for d in imus), 5, "all three to notice the loss")
+        port.plug()
+        wait_until(lambda: imus[0].board.connected, 5, "the board to reopen")
+        wait_until(lambda: all(d.state == DeviceState.STREAMING for d in imus), 5, "all three to reconnect")
+        for k in range(3):
+            port.write(lp.format_sample(lp.LineSample(k, 100, 0, (1.0, 0.0, 0.0, 0.0), None)))
+        wait_until(lambda: [d.stats().samples for d in imus] == [20, 21, 19], 5, "samples after reconnection")
+        board = imus[0].board
+    finally:
+        for d in imus:
+            d.stop()
+    assert not board.reader.running and not LineBoard._boards  # the last IMU closed the port

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sensors.device import DeviceConfig
-from sensors.drivers.line_serial import LineSerialDevice
+from sensors.drivers.line_serial import LineBoardImu, LineSerialDevice
 from sensors.drivers.witmotion_serial import WitMotionSerialDevice
 from sensors.files.replay import FileReplayDevice
 from sensors.spec import DEVICE_FACTORIES, DeviceSpec, create_device, parse_spec, register_kind
@@ -52,9 +52,11 @@ def test_serial_specs_build_configured_drivers() -> None:
     assert (wit.setup.rate_hz, wit.setup.enable_quaternion, wit.setup.enable_time, wit.setup.save) == (100.0, True, True, False)
     with pytest.raises(DeviceError, match="choose one of"):
         create_device("witmotion:/dev/ttyUSB9?rate=123")
-    line = create_device("line:/dev/ttyACM1?sensor=3")
-    assert isinstance(line, LineSerialDevice) and line.requested_sensor == 3 and line.settings.baud == 115200
-    assert line.device_id == "line:/dev/ttyACM1#3"
+    line = create_device("line:/dev/ttyACM1")
+    assert isinstance(line, LineSerialDevice) and line.requested_sensor is None and line.settings.baud == 115200
+    imu3 = create_device("line:/dev/ttyACM1@230400?sensor=3")
+    assert isinstance(imu3, LineBoardImu) and (imu3.sensor, imu3.baud) == (3, 230400)
+    assert imu3.device_id == "line:/dev/ttyACM1#3"
 
 
 def test_file_specs_and_bare_paths(shared_data: Path) -> None:
