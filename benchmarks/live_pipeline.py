@@ -1,0 +1,253 @@
+"""Live pipeline benchmark (issue #8): the demo rig with the streaming VIMCAN as the pose stage.
+
+    .venv/bin/python benchmarks/live_pipeline.py                       # about a minute
+    .venv/bin/python benchmarks/live_pipeline.py --seconds 600         # the 10-minute memory soak
+    .venv/bin/python benchmarks/live_pipeline.py --device cuda --out gpu.json
+
+Measures, and prints as JSON (also written to ``--out``):
+
+* ``realtime``: the demo (six 60 Hz IMUs and a 30 Hz camera, simulated, through the real
+  devices, buffers and synchroniser) with the model as pose source for ``--seconds``: poses
+  per second, camera frames dropped because the pose stage was behind, end-to-end latency
+  (oldest input sample's host time to the pose reaching a subscriber, i.e. available to the
+  view: median and 95th percentile), and the process's resident memory sampled every second
+  (start, end, peak and the slope of a line fitted after the first 10 s).
+* ``unthrottled``: the pose stage alone (input conversion, one model step, output transform)
+  on recorded demo frames, as fast as it goes: poses per second and ms per pose.
+* ``mediapipe``: a real video file as the camera (MediaPipe keypoints, realtime playback,
+  looped) with the simulated IMUs and the model: poses per second, drops and latency.
+
+Without shipped weights (``resources/models/vimcan-t-streaming.pt``) a randomly initialised
+vimcan-t is timed (same architecture and cost) and the JSON says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sensors.demo import DemoConfig, build_demo_pipeline  # noqa: E402
+from sensors.model_source import ModelPoseSource  # noqa: E402
+from sensors.pipeline import CapturePipeline  # noqa: E402
+
+log = logging.getLogger("benchmarks.live_pipeline")
+
+SHIPPED_WEIGHTS = ROOT / "resources" / "models" / "vimcan-t-streaming.pt"
+DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "video" / "pose_squats.mp4"
+
+
+def rss_mb() -> float:
+    """Resident memory of this process, MB (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _RandomVimcan:
+    """A streaming vimcan-t with random weights, for timing when no trained weights exist."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        from vimcan_core.model import Vimcan, preset
+
+        self.torch = torch
+        self.device = torch.device(device)
+        torch.manual_seed(0)
+        self.model = Vimcan(preset("vimcan-t", streaming=True)).eval().to(self.device)
+        self.state = self.model.init_state(1, self.device)
+        self.description = f"VIMCAN-T streaming (random weights), {self.device}"
+        self.backend = str(self.device)
+
+    def reset(self) -> None:
+        self.state = self.model.init_state(1, self.device)
+
+    def step(self, keypoints: np.ndarray, quats: np.ndarray, imu_valid: np.ndarray) -> np.ndarray:
+        t = self.torch
+        with t.inference_mode():
+            out, self.state = self.model.step(
+                t.as_tensor(keypoints, dtype=t.float32, device=self.device)[None],
+                t.as_tensor(quats, dtype=t.float32, device=self.device)[None],
+                t.as_tensor(imu_valid, device=self.device)[None], self.state)
+        return out[0].double().cpu().numpy()
+
+
+def make_estimator(weights: Path, device: str):
+    """(estimator, what it is): the shipped weights through vimcan_core.live when available."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        from vimcan_core.live import StreamingPoseEstimator
+    except ImportError:
+        StreamingPoseEstimator = None
+    if StreamingPoseEstimator is not None and weights.is_file():
+        return StreamingPoseEstimator.from_checkpoint(weights, device=device), f"trained weights {weights.name}"
+    why = "no trained weights at " + str(weights) if not weights.is_file() else "vimcan_core.live not available"
+    return _RandomVimcan(device), f"random weights ({why})"
+
+
+def _collect(q: queue.Queue, stop: threading.Event, latencies: list[float]) -> None:
+    while not stop.is_set():
+        try:
+            synced, _pose = q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        latencies.append(time.monotonic() - synced.sample_host_time_s)
+
+
+def run_live(pipeline: CapturePipeline, seconds: float, warmup_s: float = 3.0) -> dict:
+    """Run a pipeline for warm-up + ``seconds``; measure after the warm-up."""
+    q = pipeline.subscribe(maxsize=1024)
+    latencies: list[float] = []
+    stop = threading.Event()
+    collector = threading.Thread(target=_collect, args=(q, stop, latencies), name="bench-collector", daemon=True)
+    pipeline.start()
+    collector.start()
+    try:
+        time.sleep(warmup_s)
+        s0 = pipeline.stats()
+        latencies.clear()
+        memory = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            time.sleep(1.0)
+            memory.append((time.monotonic() - t0, rss_mb()))
+        elapsed = time.monotonic() - t0
+        s1 = pipeline.stats()
+    finally:
+        stop.set()
+        pipeline.stop()
+        collector.join(2.0)
+    lat_ms = np.array(latencies) * 1e3
+    t_mem, mb = (np.array(x) for x in zip(*memory)) if memory else (np.zeros(1), np.zeros(1))
+    late = t_mem >= min(10.0, 0.5 * seconds)
+    slope = float(np.polyfit(t_mem[late], mb[late], 1)[0] * 60.0) if late.sum() >= 3 else None
+    frames = s1.frames_in - s0.frames_in
+    return {
+        "seconds": round(elapsed, 2),
+        "pose_source": s1.pose_source,
+        "poses": s1.poses - s0.poses,
+        "poses_per_s": round((s1.poses - s0.poses) / elapsed, 2),
+        "camera_frames": frames,
+        "frames_dropped": s1.frames_dropped - s0.frames_dropped,
+        "imu_only_frames": s1.imu_only_frames - s0.imu_only_frames,
+        "source_errors": s1.source_errors - s0.source_errors,
+        "latency_ms_median": round(float(np.median(lat_ms)), 2) if len(lat_ms) else None,
+        "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 2) if len(lat_ms) else None,
+        "memory_mb_start": round(float(mb[0]), 1),
+        "memory_mb_end": round(float(mb[-1]), 1),
+        "memory_mb_peak": round(float(mb.max()), 1),
+        "memory_mb_per_min": None if slope is None else round(slope, 3),
+        "device_rates_hz": {k: round(v.rate_hz, 1) for k, v in s1.devices.items()},
+        "device_dropped": {k: v.dropped for k, v in s1.devices.items()},
+    }
+
+
+def run_unthrottled(source: ModelPoseSource, n_frames: int, seed: int) -> dict:
+    """Record demo frames with the ground truth, then push them through the model stage flat out."""
+    recorder = build_demo_pipeline(config=DemoConfig(seed=seed))
+    q = recorder.subscribe(maxsize=4096)
+    recorder.start()
+    try:
+        deadline = time.monotonic() + 60.0
+        while q.qsize() < min(n_frames, 90) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        recorder.stop()
+    frames = []
+    while not q.empty():
+        frames.append(q.get_nowait()[0])
+    if not frames:
+        return {"error": "no frames recorded"}
+    source.set_calibration(recorder.demo.true_calibration(), camera=recorder.demo.camera_model)
+    source.reset()
+    for f in frames[:10]:  # warm-up
+        source.estimate(f)
+    t0 = time.perf_counter()
+    for k in range(n_frames):
+        source.estimate(frames[k % len(frames)])
+    elapsed = time.perf_counter() - t0
+    return {"poses": n_frames, "poses_per_s": round(n_frames / elapsed, 2), "ms_per_pose": round(1e3 * elapsed / n_frames, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the realtime run (600 for the memory soak)")
+    p.add_argument("--unthrottled-frames", type=int, default=300)
+    p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
+    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video file for the MediaPipe run ('' to skip)")
+    p.add_argument("--video-seconds", type=float, default=20.0)
+    p.add_argument("--skip", nargs="*", default=[], choices=["realtime", "unthrottled", "mediapipe"])
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    estimator, weights_note = make_estimator(args.weights, args.device)
+    result: dict = {
+        "benchmark": "live_pipeline",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "model": {"estimator": getattr(estimator, "description", type(estimator).__name__),
+                  "backend": str(getattr(estimator, "backend", "")), "weights": weights_note},
+    }
+    source = ModelPoseSource(estimator)
+    if "unthrottled" not in args.skip:
+        result["unthrottled"] = run_unthrottled(source, args.unthrottled_frames, seed=1)
+    if "realtime" not in args.skip:
+        source.calibration = None  # the demo sets its own
+        pipeline = build_demo_pipeline(pose_source=source)
+        result["realtime"] = run_live(pipeline, args.seconds)
+        result["realtime"]["keeps_up_at_camera_rate"] = (
+            result["realtime"]["frames_dropped"] == 0 and result["realtime"]["poses"] >= 0.95 * result["realtime"]["camera_frames"])
+    if "mediapipe" not in args.skip and str(args.video) and args.video.is_file():
+        from sensors.camera.camera_device import CameraDevice
+        from sensors.camera.webcam import PlaybackMode, WebcamConfig
+
+        rig = build_demo_pipeline().demo
+        camera = CameraDevice(WebcamConfig(source=str(args.video), playback=PlaybackMode.REALTIME, loop=True),
+                              device_id="video")
+        source.set_calibration(rig.true_calibration(), camera=None)
+        pipeline = CapturePipeline(dict(rig.imus), camera, source)
+        result["mediapipe"] = {"video": args.video.name, **run_live(pipeline, args.video_seconds, warmup_s=5.0)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
