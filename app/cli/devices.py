@@ -30,11 +30,13 @@ def _ble_row(item) -> dict:
     """A BLE scan result as a dict, whatever the scanner returns (dataclass, object or tuple)."""
     if isinstance(item, dict):
         return {str(k): v for k, v in item.items()}
-    fields = ("address", "name", "kind", "recognised_as", "rssi", "spec")
+    fields = ("address", "name", "kind", "recognised_as", "rssi", "rssi_dbm", "spec")
     row = {f: getattr(item, f) for f in fields if hasattr(item, f)}
     for k, v in list(row.items()):
         if hasattr(v, "value"):
             row[k] = v.value
+    if "spec" not in row and row.get("kind") in ("witmotion-ble", "dot") and row.get("address"):
+        row["spec"] = f"{row['kind']}:{row['address']}"
     return row or {"device": str(item)}
 
 

@@ -119,12 +119,13 @@ def test_detect_protocol_on_plain_bytes() -> None:
 
 def test_devices_ble_scan_results_and_failures(monkeypatch, capsys) -> None:
     monkeypatch.setattr("serial.tools.list_ports.comports", lambda: [])
-    found = [types.SimpleNamespace(address="D4:22:CD:00:11:22", name="Movella DOT", kind="dot", rssi=-60)]
+    found = [types.SimpleNamespace(address="D4:22:CD:00:11:22", name="Movella DOT", kind="dot", rssi_dbm=-60)]
     scanner = types.ModuleType("sensors.drivers.ble_scan")
     scanner.scan_ble = lambda timeout_s: found if timeout_s == 2.0 else []
     monkeypatch.setitem(sys.modules, "sensors.drivers.ble_scan", scanner)
     assert main(["devices", "--ble", "--ble-timeout", "2"]) == 0
-    assert "address=D4:22:CD:00:11:22  name=Movella DOT  kind=dot  rssi=-60" in capsys.readouterr().out
+    assert ("address=D4:22:CD:00:11:22  name=Movella DOT  kind=dot  rssi_dbm=-60  spec=dot:D4:22:CD:00:11:22"
+            in capsys.readouterr().out)
 
     def broken(timeout_s):
         raise OSError("org.bluez not found")
