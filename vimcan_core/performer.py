@@ -24,9 +24,9 @@ height above the floor (a smooth minimum over both ankles), so the feet never go
 the floor and the pelvis drops in the squat.
 
 For the calibration wizard and tests the performer can be told to hold a pose instead of
-the loop (``Motion.T_POSE``, ``Motion.STILL``) or to stand still and move one IMU site
-(``Motion.MOVE_SITE``), either at construction (``script=``) or at run time (``hold()``,
-``resume()``).
+the loop (``Motion.T_POSE``, ``Motion.STILL``, any given pose with ``hold_pose``) or to stand
+still and move one IMU site (``Motion.MOVE_SITE``), either at construction (``script=``) or at
+run time (``hold()``, ``hold_pose()``, ``resume()``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Motion(Enum):
     T_POSE = "t_pose"  # stand motionless in the T-pose (every bone orientation = identity)
     STILL = "still"  # stand motionless, arms down
     MOVE_SITE = "move_site"  # stand still and move only the bone of one IMU site
+    POSE = "pose"  # stand motionless in a given pose (local joint rotations), e.g. a calibration pose
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,15 @@ class PerformerScript:
 
     motion: Motion = Motion.LOOP
     site: ImuSite | None = None
+    pose_local_wxyz: tuple[tuple[float, float, float, float], ...] | None = None  # 17 rotations, for Motion.POSE
 
     def __post_init__(self) -> None:
         if self.motion == Motion.MOVE_SITE and self.site is None:
             raise ValueError("PerformerScript(Motion.MOVE_SITE) needs site=ImuSite.<which one moves>")
+        if self.motion == Motion.POSE:
+            q = np.asarray(self.pose_local_wxyz, dtype=np.float64)
+            if q.shape != (NUM_JOINTS, 4) or not np.all(np.isfinite(q)):
+                raise ValueError(f"PerformerScript(Motion.POSE) needs pose_local_wxyz: {NUM_JOINTS} x 4 finite, got {q.shape}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,15 @@ class Performer:
         with self._script_lock:
             return self._script_version
 
+    def hold_pose(self, local_quats: np.ndarray) -> None:
+        """Stand still in a given pose: local joint rotations (17 x 4, wxyz, relative to the
+        T-pose; the pelvis's is its rotation facing +Z). The feet are put on the floor."""
+        q = quat_normalize(np.asarray(local_quats, dtype=np.float64))
+        script = PerformerScript(Motion.POSE, pose_local_wxyz=tuple(tuple(float(x) for x in row) for row in q))
+        with self._script_lock:
+            self._script = script
+            self._script_version += 1
+
     def resume(self) -> None:
         """Back to the demo loop."""
         self.hold(Motion.LOOP)
@@ -266,6 +281,9 @@ class Performer:
             return local, np.zeros(t.shape + (2,)), np.zeros(t.shape)
         if script.motion == Motion.LOOP:
             return self._loop_pose(np.mod(t, LOOP_DURATION_S))
+        if script.motion == Motion.POSE:
+            local = np.broadcast_to(np.asarray(script.pose_local_wxyz), t.shape + (NUM_JOINTS, 4)).copy()
+            return local, np.zeros(t.shape + (2,)), np.zeros(t.shape)
         # STILL / MOVE_SITE: the standing pose at a fixed instant, plus one moving bone
         still_t = np.zeros(t.shape)
         local, _, _ = self._loop_pose(still_t, idle=False)

@@ -173,3 +173,21 @@ def test_move_one_site_keeps_the_other_sites_still(site: ImuSite) -> None:
     assert swing[others].max() < 1e-9
     with pytest.raises(ValueError, match="site"):
         PerformerScript(Motion.MOVE_SITE)
+
+
+def test_hold_any_pose_with_the_feet_on_the_floor() -> None:
+    rng = np.random.default_rng(0)
+    local = np.tile([1.0, 0.0, 0.0, 0.0], (NUM_JOINTS, 1))
+    local[Joint.LEFT_KNEE] = quat_from_rotvec(np.array([0.8, 0.0, 0.0]))  # bend one knee
+    local[Joint.RIGHT_ELBOW] = quat_from_rotvec(rng.normal(size=3))
+    p = Performer()
+    version = p.script_version
+    p.hold_pose(local)
+    assert p.script.motion == Motion.POSE and p.script_version == version + 1
+    pose = p.pose_at(np.array([0.0, 2.0]))
+    assert quat_angle(pose.local_quats, local).max() < 1e-7
+    np.testing.assert_allclose(pose.joints_world_m[0], pose.joints_world_m[1])
+    ankles = pose.joints_world_m[0, (Joint.LEFT_ANKLE, Joint.RIGHT_ANKLE), 1]
+    assert ankles.min() == pytest.approx(0.08, abs=0.025) and ankles[0] > ankles[1] + 0.05
+    with pytest.raises(ValueError, match="17 x 4"):
+        PerformerScript(Motion.POSE, pose_local_wxyz=((1.0, 0.0, 0.0, 0.0),))
