@@ -365,19 +365,19 @@ def _heading_from_axis(r_e: np.ndarray, q_w_b_t: np.ndarray, axis_w: np.ndarray)
     return psi, float(np.degrees(np.hypot(rv[0], rv[2])))
 
 
-def _minimize_1d(cost) -> float:
-    """Global minimum of a 2 pi periodic cost: 0.5 degree grid, then golden-section around the best."""
-    grid = np.radians(np.arange(-180.0, 180.0, 0.5))
-    k = int(np.argmin(cost(grid)))
-    lo, hi = grid[k] - np.radians(0.5), grid[k] + np.radians(0.5)
-    golden = (np.sqrt(5.0) - 1.0) / 2.0
-    for _ in range(40):
-        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        if cost(np.array(a)) < cost(np.array(b)):
-            hi = b
-        else:
-            lo = a
-    return float(0.5 * (lo + hi))
+def _minimize_1d(cost, centre: float = 0.0, half_range_deg: float = 180.0) -> float:
+    """Minimum of a cost of one angle (vectorised over its argument) within ``centre +- half_range_deg``:
+    a 0.5 degree grid, then a 0.005 degree grid around the best point, then a parabola through the
+    three best points."""
+    grid = centre + np.radians(np.arange(-half_range_deg, half_range_deg + 1e-9, 0.5))
+    best = grid[int(np.argmin(cost(grid)))]
+    fine = best + np.radians(np.linspace(-0.5, 0.5, 201))
+    c = cost(fine)
+    k = int(np.clip(np.argmin(c), 1, fine.size - 2))
+    denom = c[k - 1] - 2.0 * c[k] + c[k + 1]
+    step = fine[1] - fine[0]
+    shift = 0.5 * (c[k - 1] - c[k + 1]) / denom if denom > 1e-15 else 0.0
+    return float(fine[k] + np.clip(shift, -1.0, 1.0) * step)
 
 
 @dataclass(frozen=True)
@@ -759,17 +759,7 @@ class _HeadingPoseView:
             pred = pred / np.linalg.norm(pred, axis=-1, keepdims=True)
             return np.arccos(np.clip(pred @ seen_2d, -1.0, 1.0))
 
-        grid = psi0 + np.radians(np.arange(-self.search_deg, self.search_deg + 0.25, 0.25))
-        k = int(np.argmin(cost(grid)))
-        lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
-        golden = (np.sqrt(5.0) - 1.0) / 2.0
-        for _ in range(30):
-            x1, x2 = hi - golden * (hi - lo), lo + golden * (hi - lo)
-            if cost(np.array(x1)) < cost(np.array(x2)):
-                hi = x2
-            else:
-                lo = x1
-        return float(0.5 * (lo + hi))
+        return _minimize_1d(cost, psi0, self.search_deg)
 
 
 def _quality(

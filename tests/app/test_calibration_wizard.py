@@ -8,6 +8,7 @@ mounting rotations and site assignment. A screenshot of each page goes to the te
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from vimcan_core.camera import PinholeCamera  # noqa: E402
 from vimcan_core.kinematics import forward_kinematics  # noqa: E402
 from vimcan_core.performer import Motion, Performer  # noqa: E402
 from vimcan_core.rotations import quat_angle, quat_conj, quat_mul, random_quat  # noqa: E402
-from vimcan_core.skeleton import IMU_JOINT, NUM_IMUS, NUM_JOINTS, ImuSite, default_rest_pose  # noqa: E402
+from vimcan_core.skeleton import IMU_JOINT, IMU_SITE_NAMES, NUM_IMUS, NUM_JOINTS, ImuSite, default_rest_pose  # noqa: E402
 
 FAST = WizardConfig(poll_ms=30, countdown_s=0.6, capture_s=1.2, camera_ok_s=0.3, assign_hold_s=0.3)
 
@@ -199,6 +200,11 @@ def test_wizard_end_to_end_with_simulated_devices(qtbot, output_dir: Path, confi
     q_imu = np.stack([rig.by_site(s).measured_quat(pose.site_quats_world[:, s]) for s in ImuSite], axis=1)  # T x 6 x 4
     expected = quat_mul(np.asarray(rig.camera.quat_cam_from_world), pose.site_quats_world)
     err_cam = np.degrees(quat_angle(profile.calibration.bone_quats_camera(q_imu), expected))
+    (output_dir / "errors.json").write_text(json.dumps({
+        "mounting_error_deg": dict(zip(IMU_SITE_NAMES, np.round(err, 3).tolist())),
+        "camera_frame_bone_error_deg_max": round(float(err_cam.max()), 3),
+        "capture_restarts": page.restarts, "live_agreement_deg": np.round(agreement, 2).tolist(),
+    }, indent=2))
     assert err_cam.max() < 3.0, f"camera-frame bone errors {np.round(err_cam, 2)} deg"
 
 

@@ -312,3 +312,19 @@ def test_detect_stillness() -> None:
     assert 15.0 < s.peak_rate_dps[2] < 25.0 and s.spread_deg[2] > 8.0
     assert s.peak_rate_dps[3] > 20.0 and s.spread_deg[3] > 4.0
     assert s.valid_samples.tolist() == [60, 60, 60, 60, 10, 0]
+
+
+def test_sloppy_tpose_is_corrected_by_what_the_camera_sees() -> None:
+    """A performer whose T-pose is off (limbs 5 degrees up or down, 0.6 degrees at every joint): the
+    limb deviations the camera sees are taken out; without that the mountings would be far off."""
+    sloppy = Noise(orientation_deg=2.0, keypoint_px=3.0, residual_deg=0.6, limb_elevation_deg=5.0)
+    with_camera, without = [], []
+    for seed in range(4):
+        rig = Rig(300 + seed, sloppy)
+        with_camera.append(mounting_errors_deg(rig, rig.calibrate()))
+        rig = Rig(300 + seed, sloppy)  # the same performer and rig, calibrated ignoring the camera's view of the limbs
+        without.append(mounting_errors_deg(rig, rig.calibrate(config=CalibrationConfig(camera_corrected_sites=()))))
+    with_camera, without = np.array(with_camera), np.array(without)
+    assert with_camera.mean() < 2.5 and with_camera.max() < 5.0, np.round(with_camera, 2)
+    limbs = slice(0, 4)
+    assert without[:, limbs].mean() > 2.0 * with_camera[:, limbs].mean(), (np.round(with_camera, 1), np.round(without, 1))
