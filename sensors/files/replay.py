@@ -6,6 +6,10 @@ The sample recorded at device time ``t`` is delivered at host time
 the recording's own gaps (packet-counter gaps are counted as dropped as they are replayed).
 ``speed = 0`` replays as fast as the consumer takes it (chunks of ``chunk`` samples). At the
 end the device either loops (time keeps increasing) or sets ``finished`` and goes quiet.
+
+Recordings made together (synced DOTs, the x-IMU3 units of one session) share a device
+clock; ``replay_group`` replays them on one ``ReplayClock`` so that samples measured at the
+same instant are delivered at the same host time, as they were live.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from sensors.device import Device, DeviceConfig
 from sensors.files.recording import ImuRecording
 from sensors.samples import Sample
@@ -23,11 +29,46 @@ from sensors.samples import Sample
 log = logging.getLogger(__name__)
 
 
+class ReplayClock:
+    """Device time ``origin_device_s`` is replayed at the host instant of the first start;
+    ``span_s`` is the loop length (device seconds). Shared by the devices of a group."""
+
+    def __init__(self, origin_device_s: float, span_s: float) -> None:
+        self.origin_device_s = float(origin_device_s)
+        self.span_s = float(span_s)
+        self._start_host_s: float | None = None
+        self._lock = threading.Lock()
+
+    def start_host_s(self) -> float:
+        """The host time of the origin, fixed by the first device that asks."""
+        with self._lock:
+            if self._start_host_s is None:
+                self._start_host_s = time.monotonic()
+            return self._start_host_s
+
+
+def _median_period(recording: ImuRecording) -> float:
+    return float(np.median(np.diff(recording.time_s))) if len(recording) > 1 else 0.01
+
+
+def replay_group(recordings: Sequence[ImuRecording], speed: float = 1.0, loop: bool = False,
+                 config: DeviceConfig | None = None) -> list[FileReplayDevice]:
+    """Devices replaying recordings of one session on a shared clock (their device times must
+    be on the same clock, as for synced sensors)."""
+    if not recordings:
+        raise ValueError("replay_group needs at least one recording")
+    origin = min(float(r.time_s[0]) for r in recordings)
+    end = max(float(r.time_s[-1]) for r in recordings)
+    clock = ReplayClock(origin, end - origin + min(_median_period(r) for r in recordings))
+    return [FileReplayDevice(r, speed=speed, loop=loop, config=config, clock=clock) for r in recordings]
+
+
 class FileReplayDevice(Device):
     """A recorded IMU file (any format ``open_recording`` reads) streamed like a sensor."""
 
     def __init__(self, recording: ImuRecording | str | Path, speed: float = 1.0, loop: bool = False,
-                 device_id: str | None = None, config: DeviceConfig | None = None, chunk: int = 256) -> None:
+                 device_id: str | None = None, config: DeviceConfig | None = None, chunk: int = 256,
+                 clock: ReplayClock | None = None) -> None:
         if not isinstance(recording, ImuRecording):
             from sensors.files import open_recording
 
@@ -40,9 +81,13 @@ class FileReplayDevice(Device):
         self.loop = loop
         self.chunk = chunk
         self.finished = threading.Event()
-        self._times = recording.time_s - recording.time_s[0]  # N, seconds from the first sample
+        if clock is None:
+            clock = ReplayClock(recording.time_s[0], recording.duration_s + _median_period(recording))
+        if recording.time_s[0] < clock.origin_device_s:
+            raise ValueError(f"{recording.source}: starts before the replay clock's origin")
+        self.replay_clock = clock
+        self._times = recording.time_s - clock.origin_device_s  # N, device seconds from the origin
         self._lost = recording.lost_before()
-        self._period = float(self._times[-1] / max(len(self._times) - 1, 1)) if len(self._times) > 1 else 0.01
         self._index = 0
         self._start_host = 0.0
         self._loop_offset_s = 0.0  # added to device time on each loop
@@ -50,7 +95,7 @@ class FileReplayDevice(Device):
 
     def _connect(self) -> None:
         if not self._started:  # a reconnection resumes where it was
-            self._start_host = time.monotonic()
+            self._start_host = self.replay_clock.start_host_s()
             self._started = True
 
     def _disconnect(self) -> None:
@@ -63,7 +108,7 @@ class FileReplayDevice(Device):
                 self._stop.wait(0.1)
                 return []
             self._index = 0
-            span = float(self._times[-1]) + self._period
+            span = self.replay_clock.span_s
             self._loop_offset_s += span
             if self.speed > 0:
                 self._start_host += span / self.speed

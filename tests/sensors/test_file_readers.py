@@ -210,3 +210,28 @@ def test_dot_sdk_log_one_line_header_100us_ticks_and_clock_wrap(tmp_path: Path) 
     assert len(rec) == 10 and np.all(np.diff(rec.time_s) > 0)
     assert rec.dropped == 2 and rec.measured_rate_hz == pytest.approx(60.0, rel=0.01)
     assert rec.acc_free_mps2[0] == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_replay_group_keeps_a_synced_session_aligned(imu_dir: Path) -> None:
+    from sensors.files.replay import replay_group
+
+    recs = [open_recording(imu_dir / "movella_dot" / n)
+            for n in ("LFemur_20210820_202113_831.csv", "RTibia_20210820_202113_825.csv")]
+    devices = replay_group(recs, speed=20.0)
+    origin = min(r.time_s[0] for r in recs)
+    for d in devices:
+        d.start()
+    try:
+        for d in devices:
+            assert d.finished.wait(5.0)
+    finally:
+        for d in devices:
+            d.stop()
+    starts = []
+    for d in devices:
+        got = d.buffer.snapshot()
+        host = np.array([s.host_time_s for s in got])
+        dev_t = np.array([s.device_time_s for s in got])
+        starts.append(host - (dev_t - origin) / 20.0)  # the host instant of the shared origin, per sample
+    assert np.ptp(np.concatenate(starts)) < 1e-6  # one clock: same device time -> same host time
+    assert [d.stats().samples for d in devices] == [195, 382]
