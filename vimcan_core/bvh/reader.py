@@ -223,6 +223,19 @@ class _Tokens:
         self.pos += 1
         return tok
 
+    def name(self, what: str, keyword_line: int) -> tuple[str, int]:
+        """A joint name: every token left on the keyword's line ('Bip01 L Thigh' has spaces)."""
+        if self.pos >= len(self.items) or self.items[self.pos][1] != keyword_line:
+            raise self.error(f"expected {what} on the same line", keyword_line)
+        parts = []
+        while self.pos < len(self.items) and self.items[self.pos][1] == keyword_line:
+            parts.append(self.items[self.pos][0])
+            self.pos += 1
+        if len(parts) > 1 and parts[-1] == "{":  # 'JOINT Arm {' on one line
+            parts.pop()
+            self.pos -= 1
+        return " ".join(parts), keyword_line
+
     def expect(self, word: str) -> int:
         tok, line = self.next(repr(word))
         if tok != word:
@@ -270,7 +283,7 @@ def _parse_joint(tok: _Tokens, joints: list[BvhJoint], name: str, parent: int, l
         if nxt == "}":
             return
         if nxt == "JOINT":
-            child, cl = tok.next("a joint name")
+            child, cl = tok.name("a joint name", nline)
             _parse_joint(tok, joints, child, index, cl)
         elif nxt == "End":
             tok.expect("Site")
@@ -308,7 +321,7 @@ def parse_bvh(text: str, path: str = "<string>") -> BvhMotion:
     root_kw, rline = tok.next("ROOT")
     if root_kw != "ROOT":
         raise tok.error(f"expected 'ROOT', found {root_kw!r}", rline)
-    root_name, rline = tok.next("the root's name")
+    root_name, rline = tok.name("the root's name", rline)
     _parse_joint(tok, joints, root_name, -1, rline)
     if tok.pos != len(tok.items):
         t, l = tok.items[tok.pos]

@@ -1,0 +1,1 @@
+"""Training (``trainer``) and evaluation (``evaluate``) of VIMCAN on synthesised data."""
