@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import threading
-import time
 import tty
 import types
 from pathlib import Path
