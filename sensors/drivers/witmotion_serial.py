@@ -3,13 +3,17 @@
 The sensor sends a burst of 11-byte frames each period (``sensors.protocols.witmotion``):
 optionally time (0x50), then acceleration, angular rate, angles, magnetometer and, when
 enabled, the quaternion. ``WitMotionAssembler`` turns bursts into ``ImuSample``s: a sample
-is emitted on the orientation frame, carrying the latest acceleration and angular rate. The
-assembler expects quaternion frames (0x59) and waits for them; when three angle frames (0x53)
-arrive with no quaternion in between (one lost quaternion frame is not enough), the sensor does not send quaternions and the angles
-are used instead (converted with the Z-Y-X convention); a later quaternion switches back.
-So each burst gives exactly one sample (at worst the first two bursts give none). WitMotion frames carry no per-sample timestamp, so
-``device_time_s`` is the 0x50 chip time when the sensor sends it and None otherwise; they
-carry no counter either, so dropped frames cannot be counted (corrupt ones are).
+is emitted on the orientation frame, carrying the latest acceleration and angular rate.
+
+The assembler expects quaternion frames (0x59) and waits for them. When three angle frames
+(0x53) arrive with no quaternion in between (one lost quaternion frame is not enough), the
+sensor does not send quaternions, and the angles are used instead (converted with the Z-Y-X
+convention); a later quaternion switches back. So each burst gives one sample (the first
+two bursts give none when the sensor sends angles only).
+
+WitMotion frames carry no per-sample timestamp: ``device_time_s`` is the 0x50 chip time
+when the sensor sends it and None otherwise. They carry no counter either, so dropped
+frames cannot be counted (corrupt ones are).
 """
 
 from __future__ import annotations
