@@ -172,6 +172,8 @@ def _ticks_per_sample(rate_hz: float, device_id: str) -> int:
 class _SimDevice(Device):
     """Sample scheduling on the grid, delivery delay and jitter, drops and unplugging."""
 
+    MAX_CATCH_UP = 60  # samples delivered in one poll when the thread was held up; older ones are skipped
+
     def __init__(self, device_id: str, clock: SimClock, rate_hz: float, latency_s: float, jitter_s: float,
                  drop_rate: float, seed: int, config: DeviceConfig) -> None:
         super().__init__(device_id, config)
@@ -230,8 +232,15 @@ class _SimDevice(Device):
                 return []
         out = []
         now = time.monotonic()
+        step_s = self._ticks_per_sample / SimClock.TICK_HZ
+        behind = int((now - self.sim_clock.tick_host_time(self._next_sample * self._ticks_per_sample)) / step_s)
+        if behind > self.MAX_CATCH_UP:
+            # the host held this thread up for a long time (suspend, debugger): like a real
+            # device's overflowing FIFO, the oldest samples are gone; skip them uncounted
+            log.warning("%s: %d samples behind, skipping ahead", self.device_id, behind)
+            self._next_sample += behind - self.MAX_CATCH_UP
         # everything that is due by now (several when this thread was held up)
-        while True:
+        while len(out) < self.MAX_CATCH_UP:
             tick = self._next_sample * self._ticks_per_sample
             if self.sim_clock.tick_host_time(tick) + self._next_delay_s > now:
                 break
