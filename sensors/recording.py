@@ -165,6 +165,7 @@ class TakeRecorder:
         self._last_index: int | None = None
         self._files: dict[str, IO[str]] = {}
         self._tracks: list[_DeviceTrack] = []
+        self._ids: dict[str, str] = {}  # device id -> its CSV-safe form
         self._final_meta: TakeMeta | None = None
 
     # ------------------------------------------------------------------------ public API
@@ -340,6 +341,13 @@ class TakeRecorder:
             with self._lock:
                 self._raw_rows += len(lines)
 
+    def _csv_id(self, device_id: str) -> str:
+        """A device id safe inside a CSV cell (no commas, quotes or line breaks)."""
+        safe = self._ids.get(device_id)
+        if safe is None:
+            safe = self._ids[device_id] = "".join("_" if c in ',"\r\n' else c for c in device_id)
+        return safe
+
     def _sample_line(self, s: ImuSample | KeypointFrame) -> str:
         t = fmt_number(s.host_time_s - self._origin)
         dt = _NAN if s.device_time_s is None else repr(float(s.device_time_s))
@@ -347,15 +355,15 @@ class TakeRecorder:
             seq = _NAN if s.seq is None else str(int(s.seq))
             acc = (_NAN,) * 3 if s.acc_free_mps2 is None else tuple(fmt_number(x) for x in s.acc_free_mps2)
             gyro = (_NAN,) * 3 if s.gyro_dps is None else tuple(fmt_number(x) for x in s.gyro_dps)
-            cells = (t, dt, s.device_id, RawKind.IMU.value, seq, *(fmt_number(x) for x in s.quat_wxyz), *acc, *gyro, _NAN, _NAN)
+            cells = (t, dt, self._csv_id(s.device_id), RawKind.IMU.value, seq, *(fmt_number(x) for x in s.quat_wxyz), *acc, *gyro, _NAN, _NAN)
             return ",".join(cells) + "," + _RAW_TAIL_KEYPOINTS + ",,nan\n"
         kp = np.concatenate((s.keypoints_px, s.confidence[:, None]), axis=1).reshape(-1)  # 51
-        cells = (t, dt, s.device_id, RawKind.KEYPOINTS.value, _NAN, _RAW_IMU_EMPTY, str(int(s.width_px)), str(int(s.height_px)))
+        cells = (t, dt, self._csv_id(s.device_id), RawKind.KEYPOINTS.value, _NAN, _RAW_IMU_EMPTY, str(int(s.width_px)), str(int(s.height_px)))
         return ",".join(cells) + "," + ",".join(fmt_number(x) for x in kp.tolist()) + ",,nan\n"
 
     def _event_line(self, device_id: str, kind: RawKind, event: str, lost: int | None) -> str:
         t = fmt_number(time.monotonic() - self._origin)
-        return ",".join((t, _NAN, device_id, kind.value, _NAN, _RAW_IMU_EMPTY, _NAN, _NAN, _RAW_TAIL_KEYPOINTS, event, fmt_number(lost))) + "\n"
+        return ",".join((t, _NAN, self._csv_id(device_id), kind.value, _NAN, _RAW_IMU_EMPTY, _NAN, _NAN, _RAW_TAIL_KEYPOINTS, event, fmt_number(lost))) + "\n"
 
     # --------------------------------------------------------------------------- files
     def _write(self, key: str, text: str) -> None:
@@ -439,3 +447,24 @@ def imu_sites_of(devices: Sequence[Device]) -> dict[str, str]:
         if d.kind == DeviceKind.IMU and site is not None:
             out[d.device_id] = getattr(site, "name", str(site)).lower()
     return out
+
+
+class RawOnlyPoseSource:
+    """A pose stage that solves nothing, for recording sensors without a model or calibration.
+
+    Every ``PoseFrame`` has NaN joints and confidence 0 (poses.csv says ``nan``, never a guess);
+    raw.csv and inputs.csv hold everything measured, and ``vimcan export --resolve`` solves the
+    take later (with a calibration in take.json)."""
+
+    name = "none (raw recording; solve later with vimcan export --resolve)"
+
+    def reset(self) -> None:
+        pass
+
+    def estimate(self, frame: SyncedFrame) -> PoseFrame:
+        return PoseFrame(
+            frame_index=frame.frame_index, time_s=frame.time_s, joints_world_m=np.full((NUM_JOINTS, 3), np.nan),
+            root_world_m=None, source=self.name, camera_present=frame.camera_present,
+            imu_present=np.asarray(frame.imu_present, dtype=bool).copy(), confidence=0.0,
+            sample_host_time_s=frame.sample_host_time_s, bone_quats_world=None,
+        )

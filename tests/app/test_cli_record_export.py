@@ -186,3 +186,28 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     m = read_bvh(take / "take_resolved.bvh")
     assert m.num_frames == live.num_frames
     np.testing.assert_allclose(m.global_positions()[:, 0], live.root_m, atol=1e-5)  # the live root trajectory
+
+
+def test_record_imus_by_spec_keeps_everything_measured_and_no_guessed_poses(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["record", "--imu", "left_forearm=sim:left_forearm", "--imu", "pelvis=sim:pelvis?rate=120",
+                 "--seconds", "2", "--out", str(tmp_path), "--name", "imus"])
+    assert code == 0
+    assert "vimcan export --resolve" in capsys.readouterr().out
+    take = tmp_path / "imus"
+    meta = read_meta(take)
+    assert meta.status is TakeStatus.COMPLETE and meta.frames > 30
+    assert {(d.device_id, d.site) for d in meta.devices} == {("left_forearm", "left_forearm"), ("pelvis", "pelvis")}
+    raw = read_raw(take / "raw.csv")
+    from vimcan_core.take import RawKind, read_inputs
+
+    n_arm = raw.rows(RawKind.IMU, "left_forearm").sum()
+    n_pelvis = raw.rows(RawKind.IMU, "pelvis").sum()
+    assert n_arm > 60 and n_pelvis > 1.3 * n_arm  # 60 Hz and 120 Hz
+    poses = read_poses(take / "poses.csv")
+    assert np.isnan(poses.joints_m).all() and (poses.confidence == 0).all()  # nothing solved, nothing guessed
+    inputs = read_inputs(take / "inputs.csv")
+    present = np.isfinite(inputs.sensor_quats).all(-1).mean(axis=0)
+    assert present[0] > 0.9 and present[5] > 0.9 and present[1:5].max() == 0.0
+    assert not (take / "take.bvh").exists()
+    assert main(["record", "--imu", "elbow=sim", "--seconds", "1", "--out", str(tmp_path)]) == 1
+    assert "SITE one of left_forearm" in capsys.readouterr().err
