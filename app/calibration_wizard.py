@@ -578,7 +578,11 @@ class CapturePage(_Page):
         kp_h = np.stack([f.keypoints_px for f in frames_h]) if frames_h else None
         conf_h = np.stack([f.confidence for f in frames_h]) if frames_h else None
         camera = self.w.camera_for(frames_t[-1])
-        config = replace(self.w.config.calibration, imu_world_up=self.w.imu_world_up())
+        try:
+            config = replace(self.w.config.calibration, imu_world_up=self.w.imu_world_up())
+        except VimcanError as exc:
+            self._failed(str(exc))
+            return
         self._start(Phase.COMPUTING, "Computing the calibration…")
         self.countdown.setText("…")
         self._future = self.w.executor.submit(

@@ -256,3 +256,15 @@ def test_skeleton_sketch_of_a_tpose_is_the_rest_pose_seen_by_the_camera() -> Non
 
     np.testing.assert_allclose(joints, quat_rotate(q_cw, pos - pos[0]), atol=1e-9)
     assert joints[IMU_JOINT[ImuSite.LEFT_FOREARM], 0] > 0  # the performer's left is on the image's right
+
+
+def test_imu_world_up_comes_from_the_driver_or_the_default() -> None:
+    from app.calibration_wizard import imu_world_up_of
+    from vimcan_core.calibration import ImuWorldUp
+
+    sim = SimulatedImu("imu-s", Performer(), ImuSite.HEAD)
+    assert imu_world_up_of(sim, ImuWorldUp.Z) == ImuWorldUp.Y  # the simulator's IMU worlds are Y-up
+    sim.imu_world_up = "z"  # a driver that declares its world
+    assert imu_world_up_of(sim, ImuWorldUp.Y) == ImuWorldUp.Z
+    cam = SimulatedCamera("cam", Performer(), PinholeCamera())
+    assert imu_world_up_of(cam, ImuWorldUp.Z) == ImuWorldUp.Z  # nothing known: the default (AHRS worlds are Z-up)
