@@ -187,7 +187,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.action_heading.setToolTip("Stand straight, arms down, facing the camera, then press (Ctrl+H)")
         self.action_heading.triggered.connect(self.heading_reset)
         self.action_calibrate = QtGui.QAction("Calibrate…", self, shortcut=QtGui.QKeySequence("Ctrl+K"))
-        self.action_calibrate.triggered.connect(self.open_calibration_wizard)
+        self.action_calibrate.triggered.connect(lambda: self.open_calibration_wizard())
         self.action_connect_all = QtGui.QAction("Connect all", self)
         self.action_connect_all.triggered.connect(lambda: self.devices_panel.set_all_connected(True))
         self.action_follow = QtGui.QAction("Follow performer", self, checkable=True,
@@ -353,13 +353,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self.statusBar().showMessage(f"Heading reset: {message}", 5000)
         return ok
 
-    def open_calibration_wizard(self):
+    def open_calibration_wizard(self, config=None):
+        """Open the calibration wizard (modeless) on the pipeline's devices; ``config``: a ``WizardConfig``."""
         try:
             from app.calibration_wizard import CalibrationWizard
         except ImportError as exc:
             log.error("the calibration wizard is not available: %s", exc)
             return None
-        wizard = CalibrationWizard(self.pipeline, self._camera_model(), self)
+        wizard = CalibrationWizard(self.pipeline, self._camera_model(), self, config=config)
         wizard.calibrated.connect(self._on_calibrated)
         wizard.show()  # modeless: the live view keeps running behind it
         self.wizard = wizard

@@ -357,3 +357,54 @@ def test_takes_browser_reports_a_failed_job(qtbot, tmp_path):
         browser.run_job("export")
     assert "broken" in blocker.args[1]
     assert "failed" in browser.job_label.text()
+
+
+# ----------------------------------------------------------------- window actions without a running pipeline
+def test_settings_persist_between_runs(qtbot, tmp_path):
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import StudioSettings, load_settings, open_qsettings
+
+    ini = tmp_path / "studio.ini"
+    first = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(ini))
+    qtbot.addWidget(first)
+    first.action_follow.setChecked(True)
+    first.record_panel.countdown_spin.setValue(3)
+    first.close()
+    loaded = load_settings(open_qsettings(ini))
+    assert loaded.follow_performer and loaded.record_countdown_s == 3 and loaded.takes_dir == str(tmp_path)
+    second = MainWindow(StudioOptions(), loaded, open_qsettings(ini))
+    qtbot.addWidget(second)
+    assert second.action_follow.isChecked() and second.skeleton_view.follow
+    assert second.record_panel.countdown_spin.value() == 3
+    second.close()
+
+
+def test_heading_reset_button_corrects_the_pose_stage_calibration(qtbot, tmp_path):
+    """Ctrl+H: the IMU worlds drifted in heading; the performer stands in the N-pose; the button
+    (``vimcan_core.calibration.heading_reset``) brings the model stage's bones back to that pose."""
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import StudioSettings, open_qsettings
+    from sensors.model_source import ModelPoseSource
+    from sensors.samples import SyncedFrame
+    from vimcan_core.calibration import ResetPose, reset_pose_bone_quats
+    from vimcan_core.rotations import quat_angle
+
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(tmp_path / "s.ini"))
+    qtbot.addWidget(window)
+    assert window.action_heading.shortcut().toString() == "Ctrl+H"
+    window.action_heading.trigger()  # nothing received yet: refused, nothing changes
+    assert "no IMU data" in window.statusBar().currentMessage()
+
+    truth = window.pipeline.demo.true_calibration()
+    drifted = truth.with_world_headings(np.radians([25.0, -40.0, 10.0, 60.0, -15.0, 30.0]))
+    source = ModelPoseSource(estimator=None, calibration=drifted)  # never stepped: the pipeline is not started
+    window.pipeline.set_pose_source(source)
+    n_pose = reset_pose_bone_quats(ResetPose.N_POSE)  # 6 x 4: what the demo's identity-mounted IMUs report
+    window._last_synced = SyncedFrame(0, 0.0, None, None, None, n_pose, np.full((NUM_IMUS, 3), np.nan),
+                                      np.ones(NUM_IMUS, bool), 0.0)
+    before = np.degrees(quat_angle(source.calibration.bone_quats_world(n_pose), n_pose))
+    window.action_heading.trigger()
+    after = np.degrees(quat_angle(source.calibration.bone_quats_world(n_pose), n_pose))
+    assert before.min() > 9.0 and after.max() < 0.5, (before, after)
+    assert "aligned" in window.statusBar().currentMessage()
+    window.close()
