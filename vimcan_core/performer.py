@@ -37,9 +37,10 @@ from enum import Enum
 
 import numpy as np
 
-from vimcan_core.kinematics import forward_kinematics
-from vimcan_core.rotations import quat_conj, quat_from_axis_angle, quat_mul, quat_normalize, quat_to_rotvec, yaw_quat
-from vimcan_core.skeleton import IMU_CHILD_JOINT, IMU_JOINT, NUM_IMUS, NUM_JOINTS, ImuSite, Joint, RestPose, default_rest_pose
+from vimcan_core.rotations import (
+    matrix_to_quat, quat_conj, quat_from_axis_angle, quat_mul, quat_normalize, quat_to_matrix, quat_to_rotvec, yaw_quat,
+)
+from vimcan_core.skeleton import IMU_CHILD_JOINT, IMU_JOINT, NUM_JOINTS, PARENTS, ImuSite, Joint, RestPose, default_rest_pose
 
 LOOP_DURATION_S = 26.0
 CIRCLE_RADIUS_M = 0.8
@@ -110,6 +111,23 @@ class PerformerPose:
 def site_positions(joints_world_m: np.ndarray) -> np.ndarray:
     """... x 17 x 3 joints -> ... x 6 x 3 mid-bone positions of the IMU sites."""
     return 0.5 * (joints_world_m[..., IMU_JOINT, :] + joints_world_m[..., IMU_CHILD_JOINT, :])
+
+
+def _forward_kinematics_fast(local_quats: np.ndarray, root_m: np.ndarray, rest: RestPose) -> tuple[np.ndarray, np.ndarray]:
+    """``vimcan_core.kinematics.forward_kinematics`` with rotation matrices (fewer, larger numpy
+    calls: the simulator evaluates this continuously). ... x 17 x 4, ... x 3 ->
+    (joints ... x 17 x 3, global quats ... x 17 x 4). A test checks it against the reference."""
+    rot = quat_to_matrix(local_quats)  # ... x 17 x 3 x 3
+    glob = np.empty_like(rot)
+    pos = np.empty(local_quats.shape[:-1] + (3,))
+    for j, p in enumerate(PARENTS):
+        if p < 0:
+            glob[..., j, :, :] = rot[..., j, :, :]
+            pos[..., j, :] = root_m
+        else:
+            glob[..., j, :, :] = glob[..., p, :, :] @ rot[..., j, :, :]
+            pos[..., j, :] = pos[..., p, :] + glob[..., p, :, :] @ rest.offsets_m[j]
+    return pos, matrix_to_quat(glob)
 
 
 # ------------------------------------------------------------------ envelopes
@@ -246,7 +264,7 @@ class Performer:
         root = np.zeros(stacked.shape + (3,))
         root[..., 0] = root_xz[..., 0]
         root[..., 2] = root_xz[..., 1]
-        joints, glob = forward_kinematics(local, root, self.rest)
+        joints, glob = _forward_kinematics_fast(local, root, self.rest)
         # put the lower ankle on the floor (smooth minimum over both ankles)
         ankles_y = joints[..., (Joint.LEFT_ANKLE, Joint.RIGHT_ANKLE), 1]  # 3 x ... x 2
         k = ANKLE_SOFTMIN_M
