@@ -172,6 +172,8 @@ class _Track:
         self.acc = np.empty((2 * capacity, 3))
 
     def pull(self, device: Device) -> None:
+        if device.buffer.total_pushed == self.cursor:  # nothing new (cheap check, no copy)
+            return
         samples, self.cursor, _lost = device.buffer.read_since(self.cursor)
         imu = [s for s in samples if isinstance(s, ImuSample)]
         if len(imu) > self.capacity:
@@ -250,6 +252,8 @@ class Synchronizer:
     def _track(self, device: Device) -> _Track:
         track = self._tracks.get(id(device))
         if track is None:
+            if len(self._tracks) > 64:  # devices come and go (reconnects in the GUI): forget old ones
+                self._tracks.clear()
             track = self._tracks[id(device)] = _Track(self.config.history)
         track.pull(device)
         return track
