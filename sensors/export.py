@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from sensors.sync import sample_times_offline, sync_offline
-from vimcan_core.bvh.writer import BvhWriterConfig, build_clip
+from vimcan_core.bvh.writer import BvhWriterConfig, build_clip, writable_frames
 from vimcan_core.camera import PinholeCamera, normalize_keypoints
 from vimcan_core.errors import CheckpointError, TakeError
 from vimcan_core.rotations import quat_conj, quat_mul, quat_normalize, quat_rotate
@@ -98,7 +98,7 @@ def _write_world_csv(poses: PoseTable, out_dir: Path, options: ExportOptions) ->
     """joints_world_<u>.csv: frame_index, time_s, then <joint>_x/_y/_z world positions (the BVH's
     root trajectory: the recorded one, or the fixed standing root when it is unknown)."""
     units = options.bvh_config.units
-    ok = np.all(np.isfinite(poses.joints_m), axis=(1, 2))
+    ok = writable_frames(poses.joints_m)
     rel = poses.joints_m[ok]
     root_known = poses.root_m[ok]
     clip = build_clip(rel, poses.frame_time_s(), root_known if np.any(np.isfinite(root_known)) else None)

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from vimcan_core import __version__
-from vimcan_core.bvh.writer import BvhClip, BvhWriterConfig, write_bvh
+from vimcan_core.bvh.writer import BvhClip, BvhWriterConfig, writable_frames, write_bvh
 from vimcan_core.errors import TakeError
 from vimcan_core.skeleton import IMU_SITE_NAMES, JOINT_NAMES, NUM_IMUS, NUM_JOINTS
 
@@ -581,9 +581,12 @@ def write_take_bvh(
     unless ``frame_rate_hz`` is given. Raises TakeError when there are no frames."""
     folder = Path(folder)
     poses = poses if poses is not None else read_poses(folder / POSES_CSV)
-    ok = np.all(np.isfinite(poses.joints_m), axis=(1, 2))
+    ok = writable_frames(poses.joints_m)
     if not np.any(ok):
         raise TakeError(f"{folder / POSES_CSV}: no complete pose frame to write a BVH from")
+    if not np.all(ok):
+        log.warning("%s: %d of %d frames have no usable pose (NaN or collapsed bones); the BVH leaves them out",
+                    folder, int((~ok).sum()), len(ok))
     frame_time = 1.0 / frame_rate_hz if frame_rate_hz else poses.frame_time_s()
     root = poses.root_m[ok] if np.any(np.isfinite(poses.root_m[ok])) else None
     try:

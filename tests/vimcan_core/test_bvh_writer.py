@@ -18,6 +18,7 @@ from vimcan_core.bvh.writer import (
     build_clip,
     estimate_rest_pose,
     euler_filter,
+    writable_frames,
     write_bvh,
 )
 from vimcan_core.errors import InputShapeError
@@ -222,6 +223,11 @@ def test_bad_input_is_refused_with_the_frame() -> None:
         build_clip(pos, 1 / FPS, root)
     with pytest.raises(InputShapeError, match="T x 17 x 3"):
         build_clip(pos[:, :16], 1 / FPS)
+    collapsed = pos.copy()
+    collapsed[4] = collapsed[4, :1]  # every joint at the pelvis (a pose stage that output zeros)
+    with pytest.raises(InputShapeError, match="frame 4 .* bone shorter"):
+        build_clip(collapsed, 1 / FPS, root)
+    np.testing.assert_array_equal(writable_frames(collapsed), (np.arange(10) != 4) & (np.arange(10) != 7))  # 7 has a NaN
 
 
 def test_real_cmu_motion_writes_and_reads_back(shared_data: Path, tmp_path: Path) -> None:

@@ -196,17 +196,32 @@ def _frame(primary: np.ndarray, lateral: np.ndarray) -> np.ndarray:
     return np.stack((x, y, z), axis=-1)
 
 
+#: a bone shorter than this has no direction: the frame cannot be written
+MIN_BONE_M = 1e-4
+
+
+def writable_frames(joints_m: np.ndarray) -> np.ndarray:
+    """T bool: frames with finite joints and no zero-length bone (a BVH can be fitted to them).
+
+    ``joints_m``: T x J x 3, metres."""
+    joints_m = np.asarray(joints_m, dtype=np.float64)
+    finite = np.all(np.isfinite(joints_m), axis=(1, 2))
+    child = [c for c, p in enumerate(PARENTS) if p >= 0]
+    lengths = np.linalg.norm(np.nan_to_num(joints_m[:, child] - joints_m[:, [PARENTS[c] for c in child]]), axis=-1)
+    return finite & np.all(lengths > MIN_BONE_M, axis=-1)
+
+
 def _check_joints(joints_m: np.ndarray, what: str = "joints_m") -> np.ndarray:
     joints_m = np.asarray(joints_m, dtype=np.float64)
     if joints_m.ndim != 3 or joints_m.shape[1:] != (NUM_JOINTS, 3):
         raise InputShapeError(f"{what} must be T x {NUM_JOINTS} x 3 (metres), got {joints_m.shape}")
     if joints_m.shape[0] == 0:
         raise InputShapeError(f"{what} has no frames: nothing to write")
-    bad = ~np.all(np.isfinite(joints_m), axis=(1, 2))
+    bad = ~writable_frames(joints_m)
     if np.any(bad):
         raise InputShapeError(
-            f"{what}: frame {int(np.argmax(bad))} (and {int(bad.sum()) - 1} more) has NaN or infinite joints; "
-            "drop those frames before writing a BVH"
+            f"{what}: frame {int(np.argmax(bad))} (and {int(bad.sum()) - 1} more) has NaN or infinite joints or a "
+            f"bone shorter than {MIN_BONE_M * 1000:g} mm; drop those frames (``writable_frames``) before writing a BVH"
         )
     return joints_m
 
