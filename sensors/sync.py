@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -162,7 +163,8 @@ def sync_offline(
 class _Track:
     """The recent samples of one IMU as arrays (filled incrementally from its buffer)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, device: Device) -> None:
+        self.owner = weakref.ref(device)
         self.capacity = capacity
         self.cursor = 0
         self.count = 0
@@ -251,10 +253,12 @@ class Synchronizer:
 
     def _track(self, device: Device) -> _Track:
         track = self._tracks.get(id(device))
+        if track is not None and track.owner() is not device:  # an id reused by a new object
+            track = None
         if track is None:
             if len(self._tracks) > 64:  # devices come and go (reconnects in the GUI): forget old ones
                 self._tracks.clear()
-            track = self._tracks[id(device)] = _Track(self.config.history)
+            track = self._tracks[id(device)] = _Track(self.config.history, device)
         track.pull(device)
         return track
 
