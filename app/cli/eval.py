@@ -1,14 +1,88 @@
-"""`vimcan eval`: placeholder until its issue lands."""
+"""`vimcan eval`: P1 / P2 of a VIMCAN checkpoint on every BVH clip of a folder.
+
+    vimcan eval --bvh DIR [--checkpoint PATH] [--noise clean|realistic] [--seed N] [--json OUT]
+
+Each clip is retargeted to H36M-17 (any naming convention of the table, or --names), a
+webcam and the sensor signals are synthesised with the given noise preset, deterministically
+for the seed, and the model's root-relative camera-frame joints are compared with the truth.
+Without --checkpoint the shipped weights (resources/models/) are used. With --fusion PATH
+(repeatable) several checkpoints, e.g. the fusion ablation's, are compared on the same
+signals and ranked.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
+SHIPPED = {False: MODELS_DIR / "vimcan-t.pt", True: MODELS_DIR / "vimcan-t-streaming.pt"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="(not implemented yet)")
+    p = sub.add_parser("eval", help="P1 / P2 of a checkpoint on a folder of BVH clips")
+    p.add_argument("--bvh", type=Path, required=True, help="BVH file or folder (recursive; the CMU layout with index.csv too)")
+    p.add_argument("--split", default=None, help="only this split of an index.csv folder (e.g. val)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped vimcan-t weights")
+    p.add_argument("--streaming", action="store_true", help="without --checkpoint: the shipped streaming model")
+    p.add_argument("--noise", default="clean", choices=("clean", "realistic"), help="synthetic signal preset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the webcams and the noise")
+    p.add_argument("--window", type=int, default=81, help="window of the bidirectional model, frames")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--names", type=Path, default=None, help="joint-name override JSON for unusual skeletons")
+    p.add_argument("--fusion", type=Path, action="append", default=[], metavar="CHECKPOINT",
+                   help="compare several checkpoints (e.g. the fusion ablation), repeatable")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", type=Path, default=Path(".cache/clips"), help="retargeted-clip cache folder")
     p.set_defaults(func=run)
 
 
+def evaluate_checkpoint(path: Path, eval_clips: list, window: int, device: str):
+    from vimcan_core.model.checkpoint import load_checkpoint
+    from vimcan_core.training.evaluate import evaluate
+
+    model, meta = load_checkpoint(path, device=device)
+    streaming = bool(model.config.streaming)
+    return evaluate(model, eval_clips, None if streaming else window, device), model.config, meta
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("vimcan eval: not implemented yet")
+    import torch
+
+    from vimcan_core.dataset import load_clips, make_eval_clips
+    from vimcan_core.errors import CheckpointError
+    from vimcan_core.retarget import RetargetConfig
+    from vimcan_core.synthesis.noise import parse_preset
+    from vimcan_core.training.evaluate import format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    noise = parse_preset(args.noise)
+    clips = load_clips(args.bvh, args.split, RetargetConfig(override=args.names), cache_dir=args.cache)
+    eval_clips = make_eval_clips(clips, noise, args.seed)
+    checkpoints = list(args.fusion) or [args.checkpoint or SHIPPED[args.streaming]]
+    for c in checkpoints:
+        if not c.is_file():
+            raise CheckpointError(f"{c}: no such checkpoint; train one with `vimcan train` or pass --checkpoint")
+    report: dict = {"bvh": str(args.bvh), "split": args.split, "noise": noise.value, "seed": args.seed, "models": []}
+    for path in checkpoints:
+        result, config, _meta = evaluate_checkpoint(path, eval_clips, args.window, args.device)
+        title = f"{path} ({config.fusion.value}, {'streaming' if config.streaming else 'bidirectional'}, noise {noise.value}, seed {args.seed})"
+        print(format_table(result, title))
+        print()
+        report["models"].append({"checkpoint": str(path), "fusion": config.fusion.value, "streaming": config.streaming, **result.to_dict()})
+    if len(report["models"]) > 1:
+        ranked = sorted(report["models"], key=lambda m: m["p1_mm"])
+        print("ranking by P1: " + " < ".join(f"{m['fusion']} ({m['p1_mm']:.1f} mm)" for m in ranked))
+        report["ranking"] = [m["fusion"] for m in ranked]
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report if len(report["models"]) > 1 else {**report, **report["models"][0]}, indent=1))
+        print(f"wrote {args.json}")
+    return 0

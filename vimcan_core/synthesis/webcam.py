@@ -70,7 +70,7 @@ def synthesize_keypoints(
     px = project_keypoints_px(camera, joints_world_m)  # T x J x 2
     n = px.shape[0]
     conf = np.ones((n, NUM_JOINTS))
-    if noise.white_frac > 0 or noise.drift_frac > 0 or noise.outlier_prob > 0 or noise.low_conf_prob > 0:
+    if noise != KeypointNoise():  # any noise at all
         height_px = np.median(px[..., 1].max(axis=1) - px[..., 1].min(axis=1))
         height_px = float(np.clip(height_px, 10.0, 4.0 * camera.height_px))
         scale = np.asarray(KEYPOINT_JOINT_SCALE)[None, :, None]
