@@ -49,12 +49,19 @@ def make_pose_source(settings: StudioSettings, calibration=None, camera=None):
     return source
 
 
+def uses_hardware(settings: StudioSettings) -> bool:
+    """True when the settings name real devices (anything but the simulated defaults)."""
+    return any(not spec.startswith("sim") for spec in settings.devices) or settings.camera not in ("sim", "")
+
+
 def build_live_pipeline(settings: StudioSettings, demo: bool = True):
-    """The capture pipeline the window shows. Demo: simulated performer and sensors, and the model
-    (with the rig's exact calibration) when its weights are found, else the simulation's ground truth."""
+    """The capture pipeline the window shows.
+
+    Demo: the simulated performer and sensors, with the model (given the rig's exact calibration)
+    when its weights are found, else the simulation's ground truth. Hardware: the devices and
+    camera of the settings, the IMU sites and calibration of the last profile, and the model."""
     if not demo:
-        raise VimcanError("live hardware from the studio is set up with the devices panel; start with --demo "
-                          "or configure devices with `vimcan devices` first")
+        return build_hardware_pipeline(settings)
     from sensors.demo import build_demo_pipeline
 
     pipeline = build_demo_pipeline()
@@ -63,6 +70,51 @@ def build_live_pipeline(settings: StudioSettings, demo: bool = True):
     if source is not None:
         pipeline.set_pose_source(source)
     return pipeline
+
+
+def _profile_named(name: str):
+    from vimcan_core.calibration_profile import list_profiles as _list, load_last_profile, load_profile
+
+    if name:
+        for path in _list():
+            if path.stem == name:
+                return load_profile(path)
+        log.warning("calibration profile %r not found; using the last saved one", name)
+    return load_last_profile()
+
+
+def build_hardware_pipeline(settings: StudioSettings):
+    """A pipeline on real drivers: ``settings.devices`` (IMU specs), ``settings.camera`` (index, file,
+    URL; "" for none), IMU sites and calibration from the profile ``settings.last_profile``."""
+    from sensors.camera.camera_device import CameraDevice
+    from sensors.camera.webcam import WebcamConfig
+    from sensors.pipeline import CapturePipeline
+    from sensors.spec import create_device
+    from vimcan_core.skeleton import NUM_IMUS, ImuSite
+
+    devices = [create_device(spec) for spec in settings.devices]
+    profile = _profile_named(settings.last_profile)
+    by_id = {d.device_id: d for d in devices}
+    imus: dict = {}
+    if profile is not None:
+        for i, device_id in enumerate(profile.site_devices):
+            if device_id is not None and device_id in by_id:
+                imus[ImuSite(i)] = by_id[device_id]
+    if not imus:  # no profile (or it names other sensors): the order of the specs is the site order
+        log.warning("no calibration profile for these devices: IMU sites taken in the order given "
+                    "(%s); run the calibration wizard (Ctrl+K)", ", ".join(s.name.lower() for s in ImuSite))
+        imus = {ImuSite(i): d for i, d in enumerate(devices[:NUM_IMUS])}
+    camera = None
+    if settings.camera not in ("", "sim", "none"):
+        source = int(settings.camera) if settings.camera.isdigit() else settings.camera
+        camera = CameraDevice(WebcamConfig(source=source))
+    calibration = profile.calibration if profile is not None else None
+    cam_model = profile.camera if profile is not None else None
+    source = make_pose_source(settings, calibration=calibration, camera=cam_model)
+    if source is None:
+        raise VimcanError(f"live capture needs the VIMCAN weights ({weights_path(settings)} not usable, see the log); "
+                          "run `vimcan-studio --demo` to try the studio without them")
+    return CapturePipeline(imus, camera, source)
 
 
 def camera_model_of(pipeline):

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=DEFAULT_HEADLESS_SECONDS,
                    help=f"how long the headless run lasts (default {DEFAULT_HEADLESS_SECONDS:.0f})")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the headless screenshot and take")
+    p.add_argument("--device", action="append", metavar="SPEC", default=None,
+                   help="an IMU to use (repeat for each; see `vimcan devices`), e.g. witmotion:/dev/ttyUSB0@115200; "
+                        "remembered in the settings")
+    p.add_argument("--camera", metavar="SOURCE", default=None,
+                   help="webcam index, video file or URL for the keypoints (remembered); '' for none")
     p.add_argument("--settings", type=Path, default=None, help="use this INI file instead of the user's settings")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p
@@ -129,8 +134,12 @@ def _run(args: argparse.Namespace, headless: bool) -> int:
     configure_qt_application()
     from PySide6 import QtWidgets
 
+    from dataclasses import replace
+
+    from app.live import uses_hardware
     from app.main_window import MainWindow, StudioOptions
     from app.settings import load_settings, open_qsettings
+    from vimcan_core.errors import VimcanError
     from app.views.palette import apply_dark_theme
 
     qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
@@ -139,7 +148,18 @@ def _run(args: argparse.Namespace, headless: bool) -> int:
     apply_dark_theme(qapp)
     qsettings = open_qsettings(args.settings)
     settings = load_settings(qsettings)
-    window = MainWindow(StudioOptions(demo=args.demo or True), settings=settings, qsettings=qsettings)
+    if args.device:
+        settings = replace(settings, devices=tuple(args.device))
+    if args.camera is not None:
+        settings = replace(settings, camera=args.camera)
+    demo = args.demo or not uses_hardware(settings)
+    if not demo:
+        log.info("live devices: %s, camera %r", ", ".join(settings.devices), settings.camera or "none")
+    try:
+        window = MainWindow(StudioOptions(demo=demo), settings=settings, qsettings=qsettings)
+    except VimcanError as exc:
+        print(f"vimcan-studio: {exc}", file=sys.stderr)
+        return 1
     window.resize(1500, 920)
     window.show()
     if not headless:

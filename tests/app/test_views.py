@@ -408,3 +408,20 @@ def test_heading_reset_button_corrects_the_pose_stage_calibration(qtbot, tmp_pat
     assert before.min() > 9.0 and after.max() < 0.5, (before, after)
     assert "aligned" in window.statusBar().currentMessage()
     window.close()
+
+
+def test_hardware_mode_without_weights_says_what_is_missing(tmp_path, monkeypatch):
+    """Real devices need the network (there is no ground truth): the studio refuses with the fix."""
+    from app.live import build_hardware_pipeline, uses_hardware
+    from app.settings import StudioSettings
+    from vimcan_core.calibration_profile import ENV_CONFIG_DIR
+    from vimcan_core.errors import VimcanError
+
+    monkeypatch.setenv(ENV_CONFIG_DIR, str(tmp_path / "config"))
+    assert not uses_hardware(StudioSettings())
+    settings = StudioSettings(devices=tuple(f"sim:{s}" for s in ("left_forearm", "right_forearm")), camera="",
+                              model_path=str(tmp_path / "missing.pt"))
+    with pytest.raises(VimcanError, match="missing.pt") as exc:
+        build_hardware_pipeline(settings)
+    assert "--demo" in str(exc.value)
+    assert uses_hardware(StudioSettings(devices=("witmotion:/dev/ttyUSB0@115200",)))
