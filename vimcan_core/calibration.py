@@ -159,7 +159,7 @@ def _frozen(a: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
     return a
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare the fields with numpy, not ==
 class Calibration:
     """The result of a calibration: everything needed to turn IMU quaternions into bone orientations.
 
@@ -380,7 +380,7 @@ def _minimize_1d(cost, centre: float = 0.0, half_range_deg: float = 180.0) -> fl
     return float(fine[k] + np.clip(shift, -1.0, 1.0) * step)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CameraFit:
     """The T-pose fitted to the camera image."""
 
@@ -722,7 +722,7 @@ def _headings(
     return psi, motion
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _HeadingPoseView:
     """The camera's view of the heading pose, to sharpen the heading of the bones that bend forward.
 

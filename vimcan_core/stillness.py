@@ -26,7 +26,7 @@ class StillnessConfig:
     min_samples: int = 5  # fewer valid samples than this: not enough evidence, not still
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stillness:
     """Result of ``detect_stillness``, one entry per sensor (S = number of sensors, 6 in site order)."""
 
