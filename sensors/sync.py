@@ -6,7 +6,8 @@ Every sample is placed on the host's monotonic clock before pairing:
   ``clock_offset`` is the device's running estimate of ``host - device`` (the minimum
   filter of ``sensors.clock``: true offset plus the smallest transport delay) and
   ``latency`` is the device's configured extra delay (``DeviceConfig.latency_s``);
-* without a device timestamp: ``host_time - latency``;
+* without a device timestamp: ``host_time - latency`` (also when the device-clock instant
+  would be after the sample's arrival or more than a second before it: the clock restarted);
 * a camera frame: ``host_time - latency`` of the camera (the capture instant).
 
 At a frame time t, each IMU's orientation is the slerp between the last sample at or
@@ -36,6 +37,10 @@ from vimcan_core.rotations import quat_slerp
 from vimcan_core.skeleton import NUM_IMUS, ImuSite
 
 log = logging.getLogger(__name__)
+
+
+MAX_CLOCK_AHEAD_S = 0.002  # a device-timestamped instant may be this much after its arrival (estimate noise)
+MAX_CLOCK_BEHIND_S = 1.0  # ... and at most this much before it
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,12 @@ class _Track:
         offset = device.clock.offset_s
         latency = device.config.latency_s
         if use_device_clock and offset is not None:
-            t = np.where(np.isnan(dev), host, dev + offset)
+            t = dev + offset
+            # a sample cannot arrive before it was measured, nor (here) a second after: such a
+            # timestamp means the estimate does not fit this sample (a device clock that restarted
+            # on reconnect, before the estimator's window forgot the old clock); use its arrival
+            bad = ~np.isfinite(t) | (t > host + MAX_CLOCK_AHEAD_S) | (t < host - MAX_CLOCK_BEHIND_S)
+            t = np.where(bad, host, t)
         else:
             t = host.copy()
         return t - latency
