@@ -12,6 +12,8 @@ Measures, and prints as JSON (also written to ``--out``):
   (oldest input sample's host time to the pose reaching a subscriber, i.e. available to the
   view: median and 95th percentile), and the process's resident memory sampled every second
   (start, end, peak and the slope of a line fitted after the first 10 s).
+* ``baseline_ground_truth``: the same demo with the simulation's ground truth as the pose
+  stage: what the devices, synchroniser and fan-out cost by themselves.
 * ``unthrottled``: the pose stage alone (input conversion, one model step, output transform)
   on recorded demo frames, as fast as it goes: poses per second and ms per pose.
 * ``mediapipe``: a real video file as the camera (MediaPipe keypoints, realtime playback,
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
     p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video file for the MediaPipe run ('' to skip)")
     p.add_argument("--video-seconds", type=float, default=20.0)
-    p.add_argument("--skip", nargs="*", default=[], choices=["realtime", "unthrottled", "mediapipe"])
+    p.add_argument("--baseline-seconds", type=float, default=10.0, help="the same demo with the ground truth as pose stage")
+    p.add_argument("--skip", nargs="*", default=[], choices=["baseline", "realtime", "unthrottled", "mediapipe"])
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                   "backend": str(getattr(estimator, "backend", "")), "weights": weights_note},
     }
     source = ModelPoseSource(estimator)
+    if "baseline" not in args.skip:  # the pipeline's own cost: simulated devices, sync, fan-out
+        result["baseline_ground_truth"] = run_live(build_demo_pipeline(), args.baseline_seconds)
     if "unthrottled" not in args.skip:
         result["unthrottled"] = run_unthrottled(source, args.unthrottled_frames, seed=1)
     if "realtime" not in args.skip:
