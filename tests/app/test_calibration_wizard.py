@@ -268,3 +268,46 @@ def test_imu_world_up_comes_from_the_driver_or_the_default() -> None:
     assert imu_world_up_of(sim, ImuWorldUp.Y) == ImuWorldUp.Z
     cam = SimulatedCamera("cam", Performer(), PinholeCamera())
     assert imu_world_up_of(cam, ImuWorldUp.Z) == ImuWorldUp.Z  # nothing known: the default (AHRS worlds are Z-up)
+
+
+def test_a_pipeline_gives_its_devices_and_site_mapping(qtbot, config_dir: Path) -> None:
+    from sensors.pipeline import CapturePipeline
+
+    class NoPose:
+        name = "none"
+
+        def estimate(self, frame):  # pragma: no cover - the pipeline is not started
+            raise AssertionError
+
+        def reset(self) -> None:
+            pass
+
+    rig = SimRig(seed=5)
+    pipeline = CapturePipeline({d.site: d for d in rig.imus}, rig.cam, NoPose())
+    wizard = CalibrationWizard(pipeline, rig.camera, config=FAST)
+    qtbot.addWidget(wizard)
+    assert [d.device_id for d in wizard.all_devices] == [d.device_id for d in pipeline.devices()]
+    assert all(wizard.site_devices[s] is rig.by_site(s) for s in ImuSite)
+    wizard.show()
+    wizard.next()  # the devices are started on leaving the first page (the pipeline still owns them)
+    try:
+        assert wizard.currentId() == wizard.PAGE_SITES and wizard.currentPage().isComplete()
+        assert all(d.running for d in rig.devices)
+        wizard.reject()
+        assert all(d.running for d in rig.devices)  # closing the wizard leaves the pipeline's devices alone
+    finally:
+        rig.stop()
+
+
+def test_devices_the_wizard_started_are_stopped_when_it_closes(qtbot, config_dir: Path) -> None:
+    rig = SimRig(seed=6)
+    wizard = CalibrationWizard(rig.devices, rig.camera, config=FAST)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    try:
+        wizard.next()
+        assert all(d.running for d in rig.devices)
+        wizard.reject()
+        assert not any(d.running for d in rig.devices)
+    finally:
+        rig.stop()
