@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sensors.device import Device
 from sensors.pipeline import CapturePipeline, PipelineConfig, PoseSource
 from sensors.samples import PoseFrame, SyncedFrame
 from sensors.simulated import SimCameraConfig, SimClock, SimImuConfig, SimulatedCamera, SimulatedImu
@@ -26,6 +28,9 @@ from vimcan_core.camera import PinholeCamera
 from vimcan_core.performer import Motion, Performer
 from vimcan_core.rotations import quat_conj, quat_from_axis_angle, quat_mul, quat_normalize, yaw_quat
 from vimcan_core.skeleton import IMU_JOINT, NUM_IMUS, ImuSite
+
+if TYPE_CHECKING:
+    from vimcan_core.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ class DemoRig:
     ground_truth: "GroundTruthPoseSource"
 
     @property
-    def devices(self) -> list:
+    def devices(self) -> list[Device]:
         return [self.imus[s] for s in sorted(self.imus)] + [self.camera]
 
     @property
@@ -75,7 +80,7 @@ class DemoRig:
         """6: the yaw of each simulated IMU's own world frame relative to the performer's world."""
         return np.array([self.imus[s].sim_config.world_heading_deg for s in ImuSite], dtype=np.float64)
 
-    def true_calibration(self):
+    def true_calibration(self) -> "Calibration":
         """The exact ``vimcan_core.calibration.Calibration`` of this rig (what a perfect
         calibration would find): the sensors' mounting and headings, and the camera's pose.
         With the default rig it equals ``Calibration.identity(camera_model)``."""

@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from vimcan_core.camera import PinholeCamera, normalize_keypoints
 from vimcan_core.errors import CheckpointError
 from vimcan_core.rotations import IDENTITY_QUAT, quat_rotate
 from vimcan_core.skeleton import IMU_SITE_NAMES, NUM_IMUS, NUM_JOINTS, default_rest_pose
+
+if TYPE_CHECKING:
+    from vimcan_core.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ class ModelPoseSource:
         config: behaviour.
     """
 
-    def __init__(self, estimator: StreamingEstimator, calibration: Any | None = None,
+    def __init__(self, estimator: StreamingEstimator, calibration: "Calibration | None" = None,
                  camera: PinholeCamera | None = None, config: ModelSourceConfig | None = None) -> None:
         self.estimator = estimator
         self.calibration = calibration
@@ -103,7 +106,7 @@ class ModelPoseSource:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoint(cls, path: str | Path, calibration: Any | None = None, camera: PinholeCamera | None = None,
+    def from_checkpoint(cls, path: str | Path, calibration: "Calibration | None" = None, camera: PinholeCamera | None = None,
                         device: str | None = None, config: ModelSourceConfig | None = None) -> "ModelPoseSource":
         """Load streaming weights (``resources/models/vimcan-t-streaming.pt``) into a
         ``StreamingPoseEstimator`` on ``device`` (None: CUDA when available, else CPU)."""
@@ -120,7 +123,7 @@ class ModelPoseSource:
         """Where the network runs, for the status panel."""
         return str(getattr(self.estimator, "backend", None) or getattr(self.estimator, "device", "cpu"))
 
-    def set_calibration(self, calibration: Any, camera: PinholeCamera | None = None) -> None:
+    def set_calibration(self, calibration: "Calibration", camera: PinholeCamera | None = None) -> None:
         """Use a new calibration (after the wizard or a heading reset); thread-safe enough:
         one attribute is replaced and read once per frame."""
         self.calibration = calibration
