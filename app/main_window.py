@@ -198,6 +198,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.action_reset_view.triggered.connect(self.skeleton_view.reset_view)
         self.action_open_takes = QtGui.QAction("Takes folder…", self)
         self.action_open_takes.triggered.connect(self._choose_takes_dir)
+        self.action_preferences = QtGui.QAction("Preferences…", self, shortcut=QtGui.QKeySequence("Ctrl+,"))
+        self.action_preferences.triggered.connect(self.edit_preferences)
         self.action_screenshot = QtGui.QAction("Save screenshot…", self)
         self.action_screenshot.triggered.connect(self._save_screenshot_dialog)
         self.action_quit = QtGui.QAction("Quit", self, shortcut=QtGui.QKeySequence.StandardKey.Quit)
@@ -226,7 +228,7 @@ class MainWindow(QtWidgets.QMainWindow):
         bar.addWidget(QtWidgets.QLabel("Profile "))
         bar.addWidget(self.profile_box)
 
-        for a in (self.action_open_takes, self.action_screenshot, self.action_quit):
+        for a in (self.action_open_takes, self.action_preferences, self.action_screenshot, self.action_quit):
             menu_file.addAction(a)
         for a in (self.action_connect_all, self.action_calibrate, self.action_heading, self.action_record):
             menu_capture.addAction(a)
@@ -414,6 +416,31 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings = replace(self.settings, takes_dir=str(folder))
         self.record_panel.set_recorder(self._make_recorder())
         self.takes_browser.set_folder(folder)
+
+    def edit_preferences(self) -> QtWidgets.QDialog:
+        """File > Preferences (modeless); accepted values are applied and saved at once."""
+        from app.settings import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self)
+        dialog.accepted.connect(lambda: self.apply_settings(dialog.result_settings()))
+        dialog.show()
+        self.preferences_dialog = dialog
+        return dialog
+
+    def apply_settings(self, settings: StudioSettings) -> None:
+        """Use new settings now where possible (takes folder, countdown, BVH options); save them."""
+        restart = (settings.devices, settings.camera, settings.model_path, settings.pose_source) != (
+            self.settings.devices, self.settings.camera, self.settings.model_path, self.settings.pose_source)
+        takes_changed = settings.takes_dir != self.settings.takes_dir
+        self.settings = settings
+        self.record_panel.countdown_spin.setValue(settings.record_countdown_s)
+        if takes_changed:
+            self.set_takes_dir(Path(settings.takes_dir))
+        if self._qsettings is not None:
+            save_settings(self.settings, self._qsettings)
+        if restart:
+            self.statusBar().showMessage("Saved. Devices, camera and model change at the next start.", 8000)
+            log.info("settings saved; devices, camera and model apply at the next start")
 
     def _choose_takes_dir(self) -> None:
         folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Takes folder", self.settings.takes_dir)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from PySide6 import QtCore
+from PySide6 import QtCore, QtWidgets
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +137,82 @@ def save_settings(settings: StudioSettings, qs: QtCore.QSettings | None = None) 
     qs = qs or open_qsettings()
     _save_dataclass(settings, qs, "studio")
     qs.sync()
+
+
+class SettingsDialog(QtWidgets.QDialog):
+    """File > Preferences: edit the persisted settings; ``result_settings()`` after ``accept``.
+
+    Changes of the model or pose source apply at the next start (the window says so)."""
+
+    def __init__(self, settings: StudioSettings, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Preferences")
+        self._base = settings
+        self.devices = QtWidgets.QLineEdit(", ".join(settings.devices))
+        self.devices.setToolTip("IMU device specs, comma-separated (see `vimcan devices`); 'sim' for the demo")
+        self.camera = QtWidgets.QLineEdit(settings.camera)
+        self.camera.setToolTip("webcam index (0), video file or URL; 'sim' for the demo, empty for none")
+        self.model_path = QtWidgets.QLineEdit(settings.model_path)
+        self.model_path.setPlaceholderText("shipped: resources/models/vimcan-t-streaming.pt")
+        self.pose_source = QtWidgets.QComboBox()
+        for choice, text in ((PoseSourceChoice.AUTO, "Model when its weights are found, else ground truth"),
+                             (PoseSourceChoice.MODEL, "Model only"),
+                             (PoseSourceChoice.GROUND_TRUTH, "Simulation ground truth (demo)")):
+            self.pose_source.addItem(text, choice)
+        self.pose_source.setCurrentIndex(self.pose_source.findData(settings.pose_source))
+        self.units = QtWidgets.QComboBox()
+        for unit in Units:
+            self.units.addItem(unit.value, unit)
+        self.units.setCurrentIndex(self.units.findData(settings.units))
+        self.bvh_order = QtWidgets.QComboBox()
+        self.bvh_order.addItems(["ZXY", "ZYX", "XYZ", "XZY", "YXZ", "YZX"])
+        self.bvh_order.setCurrentText(settings.bvh.rotation_order.upper())
+        self.bvh_units = QtWidgets.QComboBox()
+        for unit in Units:
+            self.bvh_units.addItem(unit.value, unit)
+        self.bvh_units.setCurrentIndex(self.bvh_units.findData(settings.bvh.units))
+        self.bvh_twist = QtWidgets.QCheckBox("forearm, shin, head and pelvis roll from the IMUs")
+        self.bvh_twist.setChecked(settings.bvh.imu_twist)
+        self.takes_dir = QtWidgets.QLineEdit(settings.takes_dir)
+        self.countdown = QtWidgets.QSpinBox()
+        self.countdown.setRange(0, 10)
+        self.countdown.setSuffix(" s")
+        self.countdown.setValue(settings.record_countdown_s)
+
+        form = QtWidgets.QFormLayout()
+        form.addRow("IMU devices", self.devices)
+        form.addRow("Camera", self.camera)
+        form.addRow("Model weights", self.model_path)
+        form.addRow("Pose source", self.pose_source)
+        form.addRow("Units", self.units)
+        form.addRow("BVH rotation order", self.bvh_order)
+        form.addRow("BVH units", self.bvh_units)
+        form.addRow("BVH twist", self.bvh_twist)
+        form.addRow("Takes folder", self.takes_dir)
+        form.addRow("Record countdown", self.countdown)
+        note = QtWidgets.QLabel("Devices, camera, model and pose source apply at the next start.")
+        note.setStyleSheet("color: #94a3b8;")
+        buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Ok
+                                             | QtWidgets.QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addWidget(buttons)
+
+    def result_settings(self) -> StudioSettings:
+        """The settings as edited (unchanged fields kept)."""
+        devices = tuple(d.strip() for d in self.devices.text().split(",") if d.strip())
+        return dataclasses.replace(
+            self._base,
+            devices=devices or self._base.devices,
+            camera=self.camera.text().strip(),
+            model_path=self.model_path.text().strip(),
+            pose_source=self.pose_source.currentData(),
+            units=self.units.currentData(),
+            bvh=BvhOptions(rotation_order=self.bvh_order.currentText(), units=self.bvh_units.currentData(),
+                           imu_twist=self.bvh_twist.isChecked()),
+            takes_dir=self.takes_dir.text().strip() or self._base.takes_dir,
+            record_countdown_s=int(self.countdown.value()),
+        )

@@ -425,3 +425,29 @@ def test_hardware_mode_without_weights_says_what_is_missing(tmp_path, monkeypatc
         build_hardware_pipeline(settings)
     assert "--demo" in str(exc.value)
     assert uses_hardware(StudioSettings(devices=("witmotion:/dev/ttyUSB0@115200",)))
+
+
+def test_preferences_dialog_edits_and_persists_settings(qtbot, tmp_path):
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import PoseSourceChoice, StudioSettings, Units, load_settings, open_qsettings
+
+    ini = tmp_path / "studio.ini"
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path / "a")), open_qsettings(ini))
+    qtbot.addWidget(window)
+    dialog = window.edit_preferences()
+    dialog.bvh_order.setCurrentText("ZYX")
+    dialog.bvh_units.setCurrentIndex(dialog.bvh_units.findData(Units.METRES))
+    dialog.takes_dir.setText(str(tmp_path / "b"))
+    dialog.countdown.setValue(5)
+    dialog.pose_source.setCurrentIndex(dialog.pose_source.findData(PoseSourceChoice.GROUND_TRUTH))
+    dialog.devices.setText("witmotion:/dev/ttyUSB0@115200, dot:D4:22:CD:00:11:22")
+    dialog.accept()
+    s = load_settings(open_qsettings(ini))  # saved at once, not only at exit
+    assert s.bvh.rotation_order == "ZYX" and s.bvh.units == Units.METRES
+    assert s.devices == ("witmotion:/dev/ttyUSB0@115200", "dot:D4:22:CD:00:11:22")
+    assert s.pose_source == PoseSourceChoice.GROUND_TRUTH and s.record_countdown_s == 5
+    assert window.takes_browser.folder == tmp_path / "b" and window.record_panel.countdown_spin.value() == 5
+    assert "next start" in window.statusBar().currentMessage()
+    cfg = window.settings.bvh.writer_config()
+    assert cfg.order.value == "ZYX" and cfg.units.value == "m"
+    window.close()
