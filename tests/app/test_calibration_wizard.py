@@ -1,6 +1,6 @@
 """The calibration wizard driven end to end with the simulated devices (pytest-qt, Xvfb).
 
-The simulated performer plays the user: it moves one sensor's bone at a time when the wizard asks
+The simulated performer (``Performer.hold``, ``hold_pose``) plays the user: it moves one sensor's bone at a time when the wizard asks
 which sensor sits where, stands in the T-pose, fidgets once (the capture must start again), takes
 the heading pose, then lowers its arms. The saved profile is checked against the simulation's
 mounting rotations and site assignment. A screenshot of each page goes to the test's output folder.
@@ -44,35 +44,12 @@ from vimcan_core.skeleton import IMU_JOINT, IMU_SITE_NAMES, NUM_IMUS, NUM_JOINTS
 FAST = WizardConfig(poll_ms=30, countdown_s=0.6, capture_s=1.2, camera_ok_s=0.3, assign_hold_s=0.3)
 
 
-class CalibratingPerformer(Performer):
-    """The simulator's performer, plus the heading pose of the calibration (not one of its scripts)."""
-
-    def __init__(self) -> None:
-        super().__init__(script=Motion.STILL)
-        self._heading_pose = False
-        self._heading_local = heading_pose_local_quats()
-
-    def hold(self, motion: Motion, site: ImuSite | None = None) -> None:
-        self._heading_pose = False
-        super().hold(motion, site)
-
-    def hold_heading_pose(self) -> None:
-        self._heading_pose = True
-        Performer.hold(self, Motion.STILL)  # a new script version, so cached poses are recomputed
-
-    def _local_pose(self, t: np.ndarray, script):
-        if self._heading_pose and script.motion == Motion.STILL:
-            local = np.broadcast_to(self._heading_local, t.shape + (NUM_JOINTS, 4)).copy()
-            return local, np.zeros(t.shape + (2,)), np.zeros(t.shape)
-        return super()._local_pose(t, script)
-
-
 class SimRig:
     """Six IMUs with random mountings and world headings, in a shuffled order, and a camera."""
 
     def __init__(self, seed: int, camera: PinholeCamera | None = None) -> None:
         rng = np.random.default_rng(seed)
-        self.performer = CalibratingPerformer()
+        self.performer = Performer(script=Motion.STILL)
         self.camera = camera or PinholeCamera.looking_at([0.4, 1.3, 3.6], [0.0, 0.9, 0.0])
         order = rng.permutation(NUM_IMUS)
         self.imus: list[SimulatedImu] = []
@@ -159,7 +136,7 @@ def test_wizard_end_to_end_with_simulated_devices(qtbot, output_dir: Path, confi
         rig.performer.hold(Motion.T_POSE)
         qtbot.waitUntil(lambda: page.phase == Phase.COUNTDOWN_HEADING, timeout=15000)
         _shot(wizard, output_dir, "4a_tpose_captured")
-        rig.performer.hold_heading_pose()
+        rig.performer.hold_pose(heading_pose_local_quats())
         qtbot.waitUntil(lambda: page.phase in (Phase.DONE, Phase.FAILED), timeout=30000)
         assert page.phase == Phase.DONE, page.status.text()
         _shot(wizard, output_dir, "4b_calibrated")
