@@ -1,8 +1,8 @@
 """The calibration wizard driven end to end with the simulated devices (pytest-qt, Xvfb).
 
-The simulated performer (``Performer.hold``, ``hold_pose``) plays the user: it moves one sensor's bone at a time when the wizard asks
-which sensor sits where, stands in the T-pose, fidgets once (the capture must start again), takes
-the heading pose, then lowers its arms. The saved profile is checked against the simulation's
+The simulated performer (``Performer.hold``, ``hold_pose``) plays the user: it moves one sensor's
+bone at a time when the wizard asks which sensor sits where, stands in the T-pose, fidgets once (the
+capture must start again), takes the heading pose, then lowers its arms. The saved profile is checked against the simulation's
 mounting rotations and site assignment. A screenshot of each page goes to the test's output folder.
 """
 
