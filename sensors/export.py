@@ -95,8 +95,8 @@ def export_take(folder: str | Path, options: ExportOptions = ExportOptions()) ->
 
 
 def _write_world_csv(poses: PoseTable, out_dir: Path, options: ExportOptions) -> Path:
-    """joints_world_<u>.csv: frame_index, time_s, then <joint>_x/_y/_z world positions (the BVH's
-    root trajectory: the recorded one, or the fixed standing root when it is unknown)."""
+    """joints_world_<u>.csv: time_s, <joint>_x/_y/_z world positions (with the BVH's root
+    trajectory: the recorded one, or the fixed standing root when it is unknown), frame_index."""
     units = options.bvh_config.units
     ok = writable_frames(poses.joints_m)
     rel = poses.joints_m[ok]
@@ -105,13 +105,13 @@ def _write_world_csv(poses: PoseTable, out_dir: Path, options: ExportOptions) ->
     world = (rel - rel[:, :1] + clip.root_m[:, None, :]) * units.per_metre  # T x 17 x 3
     suffix = "" if options.poses is PoseSet.LIVE else "_resolved"
     path = out_dir / f"joints_world_{units.value}{suffix}.csv"
-    cols = ("frame_index", "time_s") + tuple(f"{j}_{a}" for j in JOINT_NAMES for a in "xyz")
+    cols = ("time_s",) + tuple(f"{j}_{a}" for j in JOINT_NAMES for a in "xyz") + ("frame_index",)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(header_line(cols))
             for i, t, row in zip(poses.frame_index[ok], poses.time_s[ok], world.reshape(len(world), -1)):
-                f.write(csv_line([int(i), float(t), *row.tolist()]))
+                f.write(csv_line([float(t), *row.tolist(), int(i)]))
         tmp.replace(path)
     except OSError as exc:
         raise TakeError(f"{path}: cannot write ({exc.strerror or exc})") from exc

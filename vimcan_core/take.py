@@ -58,16 +58,18 @@ TAKE_BVH = "take.bvh"
 RESOLVED_POSES_CSV = "poses_resolved.csv"
 RESOLVED_BVH = "take_resolved.bvh"
 
-#: poses.csv: frame, time, 17 joints root-relative (m, world axes), root position (m, NaN if
+#: poses.csv: time, 17 joints root-relative (m, world axes), frame index, root position (m, NaN if
 #: unknown), which inputs were present, the pose's confidence, bone orientations at the IMU sites.
 POSE_COLUMNS: tuple[str, ...] = (
-    ("frame_index", "time_s")
+    ("time_s",)
     + tuple(f"{j}_{a}" for j in JOINT_NAMES for a in "xyz")
-    + ("root_x", "root_y", "root_z", "camera_present")
+    + ("frame_index", "root_x", "root_y", "root_z", "camera_present")
     + tuple(f"{s}_present" for s in IMU_SITE_NAMES)
     + ("confidence",)
     + tuple(f"{s}_q{c}" for s in IMU_SITE_NAMES for c in "wxyz")
 )
+
+_POSE_INDEX = {name: i for i, name in enumerate(POSE_COLUMNS)}
 
 #: inputs.csv: the live pairing of camera and IMUs for each pose frame (model inputs, uncalibrated IMUs).
 INPUT_COLUMNS: tuple[str, ...] = (
@@ -285,7 +287,7 @@ def pose_row(
     present = np.asarray(imu_present, dtype=bool)
     quats = np.where(present[:, None], quats, np.nan)  # a missing sensor is never filled in
     return csv_line(
-        [int(frame_index), float(time_s), *np.asarray(joints_m, dtype=np.float64).reshape(-1).tolist(), *root.tolist(),
+        [float(time_s), *np.asarray(joints_m, dtype=np.float64).reshape(-1).tolist(), int(frame_index), *root.tolist(),
          bool(camera_present), *[bool(p) for p in present], float(confidence), *quats.reshape(-1).tolist()]
     )
 
@@ -344,18 +346,18 @@ class PoseTable:
     def from_array(a: np.ndarray) -> "PoseTable":
         """From a T x len(POSE_COLUMNS) array in column order."""
         T = a.shape[0]
-        j0 = 2
-        r0 = j0 + 3 * NUM_JOINTS
-        p0 = r0 + 3
-        q0 = p0 + 1 + NUM_IMUS + 1
+        c = _POSE_INDEX
+        j0 = c["pelvis_x"]
+        p0 = c[f"{IMU_SITE_NAMES[0]}_present"]
+        q0 = c[f"{IMU_SITE_NAMES[0]}_qw"]
         return PoseTable(
-            frame_index=a[:, 0].astype(np.int64),
-            time_s=a[:, 1],
-            joints_m=a[:, j0:r0].reshape(T, NUM_JOINTS, 3),
-            root_m=a[:, r0:p0],
-            camera_present=a[:, p0] > 0.5,
-            imu_present=a[:, p0 + 1 : p0 + 1 + NUM_IMUS] > 0.5,
-            confidence=a[:, p0 + 1 + NUM_IMUS],
+            frame_index=a[:, c["frame_index"]].astype(np.int64),
+            time_s=a[:, c["time_s"]],
+            joints_m=a[:, j0 : j0 + 3 * NUM_JOINTS].reshape(T, NUM_JOINTS, 3),
+            root_m=a[:, c["root_x"] : c["root_z"] + 1],
+            camera_present=a[:, c["camera_present"]] > 0.5,
+            imu_present=a[:, p0 : p0 + NUM_IMUS] > 0.5,
+            confidence=a[:, c["confidence"]],
             bone_quats_world=a[:, q0 : q0 + 4 * NUM_IMUS].reshape(T, NUM_IMUS, 4),
         )
 

@@ -46,6 +46,7 @@ def test_record_demo_writes_a_complete_take(demo_take: Path, capsys: pytest.Capt
     # the CSVs load with plain numpy and pandas
     a = np.loadtxt(demo_take / "poses.csv", delimiter=",", skiprows=1)
     assert a.shape == (meta.frames, len(POSE_COLUMNS))
+    np.testing.assert_allclose(a[:, 1:52].reshape(-1, 17, 3), read_poses(demo_take / "poses.csv").joints_m)  # time, then joints
     pd = pytest.importorskip("pandas")
     raw = pd.read_csv(demo_take / "raw.csv")
     assert list(raw.columns) == list(RAW_COLUMNS)
@@ -85,7 +86,8 @@ def test_export_in_centimetres_and_zyx(demo_take: Path, tmp_path: Path, capsys: 
     err_mm = 1000 * np.linalg.norm(_bvh_joints(tmp_path / "take.bvh", 100.0) - world, axis=-1)
     assert err_mm.max() < 1.0
     csv = np.loadtxt(tmp_path / "joints_world_cm.csv", delimiter=",", skiprows=1)
-    np.testing.assert_allclose(csv[:, 2:].reshape(-1, 17, 3) / 100.0, world, atol=1e-6)
+    np.testing.assert_allclose(csv[:, 1:52].reshape(-1, 17, 3) / 100.0, world, atol=1e-6)
+    np.testing.assert_array_equal(csv[:, 52], poses.frame_index)
 
 
 def test_export_of_a_missing_take_says_which(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -62,7 +62,8 @@ def _write_take(folder: Path, T: int = 90, missing_site: int | None = 2) -> tupl
 
 
 def test_columns_use_the_skeleton_names_and_are_unique() -> None:
-    assert POSE_COLUMNS[:5] == ("frame_index", "time_s", "pelvis_x", "pelvis_y", "pelvis_z")
+    assert POSE_COLUMNS[:4] == ("time_s", "pelvis_x", "pelvis_y", "pelvis_z")  # time, then the joints
+    assert POSE_COLUMNS[52] == "frame_index"
     assert f"{JOINT_NAMES[16]}_z" in POSE_COLUMNS and "left_forearm_present" in POSE_COLUMNS
     assert "head_qw" in POSE_COLUMNS and "right_wrist_conf" in RAW_COLUMNS and "pelvis_sensor_qz" in INPUT_COLUMNS
     for cols in (POSE_COLUMNS, INPUT_COLUMNS, RAW_COLUMNS):
