@@ -19,15 +19,14 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from app.panels.devices_panel import DevicesPanel
 from app.panels.log_view import LogView
 from app.panels.record_panel import RecordPanel
-from app.panels.status_panel import InferenceStatus, InputHealth, StatusPanel
+from app.panels.status_panel import InferenceStatus, InputHealth, StatusPanel, input_health
 from app.panels.takes_browser import TakesBrowser, default_export
 from app.qt_bridge import PipelineBridge
 from app.settings import StudioSettings, save_settings
 from app.views.imu_plots import ImuPlots
 from app.views.keypoints_view import KeypointsView
-from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB
+from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, stacked, titled_box
 from app.views.skeleton_view import SkeletonView, place_on_floor
-from vimcan_core.skeleton import IMU_SITE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +46,6 @@ class ViewMode(Enum):
 class StudioOptions:
     demo: bool = True  # simulated performer and sensors
     subscription_size: int = SUBSCRIPTION_SIZE
-
-
-def input_health(pose) -> tuple[InputHealth, str]:
-    """What the latest PoseFrame's inputs say, in the words shown to the user."""
-    imu = np.asarray(pose.imu_present, dtype=bool)
-    if not pose.camera_present and not imu.any():
-        return InputHealth.FROZEN, "all inputs lost: pose frozen (check the camera and the IMUs)"
-    missing = [IMU_SITE_NAMES[i].replace("_", " ") for i in np.flatnonzero(~imu)]
-    parts = []
-    if not pose.camera_present:
-        parts.append("camera lost: running on the IMUs (lower confidence)")
-    if missing:
-        parts.append("IMU missing: " + ", ".join(missing))
-    if parts:
-        return InputHealth.DEGRADED, "; ".join(parts)
-    return InputHealth.ALL, "camera and 6 IMUs"
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -93,11 +76,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.keypoints_view = KeypointsView()
         self.imu_plots = ImuPlots()
         right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
-        right.addWidget(_titled("Camera · 2D keypoints", self.keypoints_view))
-        right.addWidget(_titled("IMU orientations", self.imu_plots))
+        right.addWidget(titled_box("Camera · 2D keypoints", self.keypoints_view))
+        right.addWidget(titled_box("IMU orientations", self.imu_plots))
         right.setSizes([380, 420])
         centre = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
-        centre.addWidget(_titled("3D skeleton", self.skeleton_view))
+        centre.addWidget(titled_box("3D skeleton", self.skeleton_view))
         centre.addWidget(right)
         centre.setSizes([900, 480])
         self.setCentralWidget(centre)
@@ -122,7 +105,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.calibration_label.setContentsMargins(6, 0, 6, 6)
 
         self._dock("Devices", self.devices_panel, QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
-        self._dock("Inference", _stack(self.status_panel, self.calibration_label),
+        self._dock("Inference", stacked(self.status_panel, self.calibration_label),
                    QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
         self._dock("Record", self.record_panel, QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
         takes_dock = self._dock("Takes", self.takes_browser, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
@@ -464,24 +447,3 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings = replace(self.settings, record_countdown_s=self.record_panel.countdown_spin.value())
         if self._qsettings is not None:
             save_settings(self.settings, self._qsettings)
-
-
-def _titled(title: str, widget: QtWidgets.QWidget) -> QtWidgets.QWidget:
-    box = QtWidgets.QWidget()
-    label = QtWidgets.QLabel(title.upper())
-    label.setStyleSheet("color: #94a3b8; font-size: 8pt; font-weight: bold; letter-spacing: 1px; padding: 2px 4px;")
-    layout = QtWidgets.QVBoxLayout(box)
-    layout.setContentsMargins(2, 2, 2, 2)
-    layout.setSpacing(2)
-    layout.addWidget(label)
-    layout.addWidget(widget, 1)
-    return box
-
-
-def _stack(*widgets: QtWidgets.QWidget) -> QtWidgets.QWidget:
-    box = QtWidgets.QWidget()
-    layout = QtWidgets.QVBoxLayout(box)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        layout.addWidget(w)
-    return box

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 from PySide6 import QtWidgets
 
 from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, hex_rgb
+from vimcan_core.skeleton import IMU_SITE_NAMES
 
 
 class InputHealth(Enum):
@@ -39,6 +41,22 @@ class InferenceStatus:
     health: InputHealth = InputHealth.WAITING
     health_detail: str = ""  # e.g. "camera lost: running on IMUs (lower confidence)"
     confidence: float | None = None
+
+
+def input_health(pose) -> tuple[InputHealth, str]:  # pose: sensors.samples.PoseFrame
+    """What the latest PoseFrame's inputs say, in the words shown to the user."""
+    imu = np.asarray(pose.imu_present, dtype=bool)
+    if not pose.camera_present and not imu.any():
+        return InputHealth.FROZEN, "all inputs lost: pose frozen (check the camera and the IMUs)"
+    missing = [IMU_SITE_NAMES[i].replace("_", " ") for i in np.flatnonzero(~imu)]
+    parts = []
+    if not pose.camera_present:
+        parts.append("camera lost: running on the IMUs (lower confidence)")
+    if missing:
+        parts.append("IMU missing: " + ", ".join(missing))
+    if parts:
+        return InputHealth.DEGRADED, "; ".join(parts)
+    return InputHealth.ALL, "camera and 6 IMUs"
 
 
 def badge_colour(status: InferenceStatus) -> tuple[int, int, int]:

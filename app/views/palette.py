@@ -104,3 +104,30 @@ def apply_dark_theme(app) -> None:  # app: QApplication (kept untyped: no Qt imp
         pal.setColor(role, QtGui.QColor(*rgb))
     app.setPalette(pal)
     app.setStyleSheet(STYLE_SHEET)
+
+
+def titled_box(title: str, widget):  # -> QWidget (Qt imported inside: this module is imported without Qt too)
+    """``widget`` under a small upper-case caption."""
+    from PySide6 import QtWidgets
+
+    box = QtWidgets.QWidget()
+    label = QtWidgets.QLabel(title.upper())
+    label.setStyleSheet("color: #94a3b8; font-size: 8pt; font-weight: bold; letter-spacing: 1px; padding: 2px 4px;")
+    layout = QtWidgets.QVBoxLayout(box)
+    layout.setContentsMargins(2, 2, 2, 2)
+    layout.setSpacing(2)
+    layout.addWidget(label)
+    layout.addWidget(widget, 1)
+    return box
+
+
+def stacked(*widgets):  # -> QWidget
+    """The widgets one above the other, without margins."""
+    from PySide6 import QtWidgets
+
+    box = QtWidgets.QWidget()
+    layout = QtWidgets.QVBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        layout.addWidget(w)
+    return box

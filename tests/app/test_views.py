@@ -451,3 +451,21 @@ def test_preferences_dialog_edits_and_persists_settings(qtbot, tmp_path):
     cfg = window.settings.bvh.writer_config()
     assert cfg.order.value == "ZYX" and cfg.units.value == "m"
     window.close()
+
+
+def test_input_health_names_what_is_missing():
+    from app.panels.status_panel import InputHealth, input_health
+    from sensors.samples import PoseFrame
+
+    def pose(camera: bool, imus) -> PoseFrame:
+        present = np.zeros(NUM_IMUS, bool)
+        present[list(imus)] = True
+        return PoseFrame(0, 0.0, np.zeros((17, 3)), None, "VIMCAN-T streaming", camera, present)
+
+    assert input_health(pose(True, range(6)))[0] == InputHealth.ALL
+    health, text = input_health(pose(True, [0, 1, 2, 3, 5]))
+    assert health == InputHealth.DEGRADED and text == "IMU missing: head"
+    health, text = input_health(pose(False, range(6)))
+    assert health == InputHealth.DEGRADED and "camera lost" in text and "IMU" in text
+    health, text = input_health(pose(False, []))
+    assert health == InputHealth.FROZEN and "frozen" in text
