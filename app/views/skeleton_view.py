@@ -96,6 +96,7 @@ class SkeletonView(QtWidgets.QWidget):
         self.gl_widget.setMinimumSize(320, 240)
         self._follow = False
         self._has_pose = False
+        self._dimmed = False
 
         self._grid = gl.GLGridItem()
         self._grid.setSize(10, 10)
@@ -154,12 +155,17 @@ class SkeletonView(QtWidgets.QWidget):
         if joints.shape != (NUM_JOINTS, 3):
             raise ValueError(f"SkeletonView.set_pose: expected {NUM_JOINTS} x 3 joints, got {joints.shape}")
         self._joints_gl[:] = world_to_gl(joints)
+        restyle = dimmed != self._dimmed or not self._has_pose
+        self._dimmed = dimmed
         alpha = 0.45 if dimmed else 1.0
         for side, item in self._lines.items():
             self._side_pos[side][:] = self._joints_gl[self._side_index[side]]
-            item.setData(pos=self._side_pos[side], color=rgbf(self._side_rgb[side], alpha))
-            item.setGLOptions("translucent" if dimmed else "opaque")
-            item.setVisible(True)
+            if restyle:
+                item.setGLOptions("translucent" if dimmed else "opaque")
+                item.setData(pos=self._side_pos[side], color=rgbf(self._side_rgb[side], alpha))
+                item.setVisible(True)
+            else:
+                item.setData(pos=self._side_pos[side])
         self._joints.setData(pos=self._joints_gl)
         self._joints.setVisible(True)
         self._has_pose = True

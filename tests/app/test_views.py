@@ -469,3 +469,17 @@ def test_input_health_names_what_is_missing():
     assert health == InputHealth.DEGRADED and "camera lost" in text and "IMU" in text
     health, text = input_health(pose(False, []))
     assert health == InputHealth.FROZEN and "frozen" in text
+
+
+def test_low_confidence_pose_is_drawn_translucent(qtbot, skeleton_view):
+    joints = pose_with_left_arm(0.0)
+    skeleton_view.set_pose(joints, dimmed=True)  # e.g. the camera is lost: IMUs alone
+    img = render(qtbot, skeleton_view)
+    assert colour_mask(img, LEFT_RGB).sum() == 0  # blended with the background, not the full colour
+    wrist_mid = skeleton_view.project_world(joints)[[Joint.LEFT_ELBOW, Joint.LEFT_WRIST]].mean(axis=0)
+    x, y = np.round(wrist_mid).astype(int)
+    patch = img[y - 2: y + 3, x - 2: x + 3].reshape(-1, 3).astype(int)
+    blend = np.array(LEFT_RGB) * 0.45 + np.array((17, 20, 26)) * 0.55  # alpha 0.45 over the background
+    assert np.abs(patch - blend).sum(axis=1).min() < 15
+    skeleton_view.set_pose(joints, dimmed=False)
+    assert colour_mask(render(qtbot, skeleton_view), LEFT_RGB).sum() > 300
