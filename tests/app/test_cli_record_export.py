@@ -188,6 +188,9 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     m = read_bvh(take / "take_resolved.bvh")
     assert m.num_frames == live.num_frames
     np.testing.assert_allclose(m.global_positions()[:, 0], live.root_m, atol=1e-5)  # the live root trajectory
+    assert main(["export", str(take), "--resolved", "--csv"]) == 0
+    csv = np.loadtxt(take / "joints_world_m_resolved.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(csv[:, 1:52].reshape(-1, 17, 3), resolved.joints_m + live.root_m[:, None, :], atol=1e-6)
 
 
 def test_record_imus_by_spec_keeps_everything_measured_and_no_guessed_poses(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
