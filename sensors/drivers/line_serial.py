@@ -175,11 +175,10 @@ class LineBoard:
 
     def subscribe(self, sensor: int, on_sample: SampleListener, on_corrupt: Callable[[int], None]) -> None:
         self.reader.add_listener(sensor, on_sample, on_corrupt)
-        with self._registry_lock:
+        with self._registry_lock:  # IMU devices subscribe from their own threads: start one reader only
             self._users += 1
-            first = self._users == 1
-        if first or not self.reader.running:
-            self.reader.start()
+            if not self.reader.running:
+                self.reader.start()
 
     def unsubscribe(self, sensor: int, on_corrupt: Callable[[int], None]) -> None:
         self.reader.remove_listener(sensor, on_corrupt)
