@@ -590,6 +590,10 @@ def write_take_bvh(
         log.warning("%s: %d of %d frames have no usable pose (NaN or collapsed bones); the BVH leaves them out",
                     folder, int((~ok).sum()), len(ok))
     frame_time = 1.0 / frame_rate_hz if frame_rate_hz else poses.frame_time_s()
+    gaps = int(np.sum(np.diff(poses.time_s[ok]) > 1.5 * frame_time))
+    if gaps:
+        log.warning("%s: %d gaps between pose frames; the BVH has one frame per recorded pose at %.1f fps, "
+                    "so it runs slightly short across them", folder, gaps, 1.0 / frame_time)
     root = poses.root_m[ok] if np.any(np.isfinite(poses.root_m[ok])) else None
     try:
         return write_bvh(
