@@ -143,6 +143,10 @@ class TakesBrowser(QtWidgets.QWidget):
         self.scrubber.setEnabled(False)
         self.scrubber.valueChanged.connect(self.seek)
         self.time_label = QtWidgets.QLabel("–")
+        self.resolved_box = QtWidgets.QCheckBox("re-solved poses")
+        self.resolved_box.setToolTip("Play poses_resolved.csv (after a re-solve) instead of the live poses")
+        self.resolved_box.setEnabled(False)
+        self.table.itemSelectionChanged.connect(self._on_selection)
         self.export_button = QtWidgets.QPushButton("Re-export BVH")
         self.export_button.clicked.connect(lambda: self.run_job("export"))
         self.resolve_button = QtWidgets.QPushButton("Re-solve (offline model)")
@@ -159,6 +163,7 @@ class TakesBrowser(QtWidgets.QWidget):
         controls.addWidget(self.stop_button)
         controls.addWidget(self.scrubber, 1)
         controls.addWidget(self.time_label)
+        controls.addWidget(self.resolved_box)
         jobs = QtWidgets.QHBoxLayout()
         jobs.addWidget(self.export_button)
         jobs.addWidget(self.resolve_button)
@@ -188,11 +193,13 @@ class TakesBrowser(QtWidgets.QWidget):
             values = (t.name, date, f"{t.duration_s:.1f} s", str(t.frames), t.status)
             for col, text in enumerate(values):
                 self.table.setItem(row, col, QtWidgets.QTableWidgetItem(text))
+        self._on_selection()
 
     def select(self, folder: Path) -> bool:
         for row, t in enumerate(self.takes):
             if t.folder.resolve() == Path(folder).resolve():
                 self.table.selectRow(row)
+                self._on_selection()  # also when the row was already selected
                 return True
         return False
 
@@ -200,13 +207,23 @@ class TakesBrowser(QtWidgets.QWidget):
         rows = self.table.selectionModel().selectedRows()
         return self.takes[rows[0].row()] if rows else None
 
+    def _on_selection(self) -> None:
+        from vimcan_core.take import RESOLVED_POSES_CSV
+
+        take = self.selected()
+        has_resolved = take is not None and (take.folder / RESOLVED_POSES_CSV).is_file()
+        self.resolved_box.setEnabled(has_resolved)
+        if not has_resolved:
+            self.resolved_box.setChecked(False)
+
     # ------------------------------------------------------------------ playback
     def play_selected(self) -> bool:
         take = self.selected()
         if take is None:
             return False
+        resolved = self.resolved_box.isChecked() and self.resolved_box.isEnabled()
         try:
-            clip = load_clip(take.folder)
+            clip = load_clip(take.folder, resolved=resolved)
         except (VimcanError, OSError, ValueError) as exc:
             log.error("cannot play %s: %s", take.folder, exc)
             return False
@@ -214,7 +231,7 @@ class TakesBrowser(QtWidgets.QWidget):
             log.warning("take %s has no complete pose to play", take.name)
             return False
         self.clip = clip
-        self.current_name = take.name
+        self.current_name = take.name + (" (re-solved)" if resolved else "")
         self.scrubber.blockSignals(True)
         self.scrubber.setRange(0, clip.num_frames - 1)
         self.scrubber.setValue(0)

@@ -337,6 +337,29 @@ def test_takes_browser_lists_plays_scrubs_and_reexports(qtbot, tmp_path):
     with qtbot.waitSignal(browser.playback_stopped, timeout=1000):
         browser.stop_playback()
 
+    # a re-solved take plays its resolved poses when asked (here: the live poses shifted by 10 cm)
+    assert not browser.resolved_box.isEnabled()
+    text = (new / "poses.csv").read_text().splitlines()
+    header, rows = text[0], text[1:]
+    hip_x = header.split(",").index("right_hip_x")
+    shifted = []
+    for row in rows:
+        cells = row.split(",")
+        cells[hip_x] = repr(float(cells[hip_x]) + 0.1)
+        shifted.append(",".join(cells))
+    (new / "poses_resolved.csv").write_text("\n".join([header, *shifted]) + "\n")
+    browser.refresh()
+    browser.select(new)
+    assert browser.resolved_box.isEnabled()
+    browser.resolved_box.setChecked(True)
+    assert browser.play_selected() and "re-solved" in browser.current_name
+    browser.toggle_play()
+    browser.scrubber.setValue(60)
+    expected = joints[60].copy()
+    expected[Joint.RIGHT_HIP, 0] += 0.1
+    np.testing.assert_allclose(shown[-1], expected, atol=1e-6)
+    browser.stop_playback()
+
     (new / "take.bvh").unlink(missing_ok=True)
     with qtbot.waitSignal(browser.job_finished, timeout=30000) as blocker:
         assert browser.run_job("export")
