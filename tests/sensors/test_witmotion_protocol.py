@@ -38,6 +38,7 @@ def test_decodes_every_frame_type_with_units() -> None:
     assert ang.roll_pitch_yaw_deg == pytest.approx((-45.0, 30.0, 179.0), abs=180 / 32768)
     assert ang.version == 0x1234
     assert mag == wm.WitMag(100, -200, 300, 25.0) and mag.mag_raw == (100, -200, 300)
+    assert isinstance(mag.mag_raw[0], int) and isinstance(ang.version, int)
     assert quat.quat_wxyz == pytest.approx((0.5, 0.5, -0.5, 0.5), abs=1 / 32768)
     assert other.packet_type == 0x56
     assert (p.frames, p.corrupt, p.skipped_bytes) == (7, 0, 0)
