@@ -140,8 +140,10 @@ class ModelPoseSource:
         self._frozen_since = None
         self._needs_reset = False
 
-    def model_inputs(self, frame: SyncedFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(keypoints 17 x 3, quats 6 x 4 bone-in-camera, imu_valid 6, bone quats in the world 6 x 4 or None)."""
+    def model_inputs(self, frame: SyncedFrame, calibration: "Calibration | None" = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(keypoints 17 x 3, quats 6 x 4 bone-in-camera, imu_valid 6, bone quats in the world 6 x 4 or None),
+        with ``calibration`` (default: the current one)."""
         kp = np.zeros((NUM_JOINTS, 3))
         if frame.camera_present and frame.image_size_px is not None:
             w, h = frame.image_size_px
@@ -153,7 +155,7 @@ class ModelPoseSource:
         quats = np.tile(IDENTITY_QUAT, (NUM_IMUS, 1))
         valid = np.zeros(NUM_IMUS, bool)
         bones_world = None
-        cal = self.calibration
+        cal = self.calibration if calibration is None else calibration
         if cal is not None:
             raw = np.where(frame.imu_present[:, None], frame.imu_quat_wxyz, np.nan)
             bones_cam = np.asarray(cal.bone_quats_camera(raw), dtype=np.float64)
@@ -163,7 +165,8 @@ class ModelPoseSource:
         return kp, quats, valid, bones_world
 
     def estimate(self, frame: SyncedFrame) -> PoseFrame:
-        kp, quats, valid, bones_world = self.model_inputs(frame)
+        cal = self.calibration  # read once: set_calibration may replace it from another thread
+        kp, quats, valid, bones_world = self.model_inputs(frame, cal)
         camera_seen = bool(kp[:, 2].max() > 0)
         n_imus = int(valid.sum())
         if not camera_seen and n_imus == 0:
@@ -173,7 +176,6 @@ class ModelPoseSource:
             self._needs_reset = False
         self._frozen_since = None
         joints_cam = np.asarray(self.estimator.step(kp, quats, valid), dtype=np.float64).reshape(NUM_JOINTS, 3)
-        cal = self.calibration
         q_wc = np.asarray(cal.quat_world_from_camera, dtype=np.float64) if cal is not None else _world_from_camera(self.camera)
         joints_world = quat_rotate(q_wc, joints_cam - joints_cam[:1])
         root = self._solve_root(joints_cam, kp, frame) if camera_seen else None
