@@ -113,7 +113,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tabifyDockWidget(takes_dock, log_dock)
         takes_dock.raise_()
         self.resizeDocks([takes_dock], [170], QtCore.Qt.Orientation.Vertical)
-        self.resizeDocks([self._docks["Devices"]], [600], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([self._docks["Devices"]], [640], QtCore.Qt.Orientation.Horizontal)
         self.resizeDocks([self._docks["Devices"], self._docks["Inference"], self._docks["Record"]], [280, 250, 150],
                          QtCore.Qt.Orientation.Vertical)
 

@@ -20,6 +20,9 @@ from sensors.device import Device, DeviceState
 log = logging.getLogger(__name__)
 
 COLUMNS = ("Device", "Kind", "State", "Rate", "Last sample", "Battery", "Lost")
+#: the longest text each column shows, so that columns sized once never truncate later values
+WIDEST_TEXT = {"Kind": "camera", "State": "reconnecting", "Rate": "100.0 Hz", "Last sample": "9999 ms",
+               "Battery": "100 %", "Lost": "9999"}
 STATE_RGB = {
     DeviceState.STREAMING: OK_RGB,
     DeviceState.CONNECTING: WARN_RGB,
@@ -59,6 +62,7 @@ class DevicesPanel(QtWidgets.QWidget):
         header.setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.table.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.setAlternatingRowColors(True)
+        self.table.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)  # long ids keep their distinctive end
         self.table.verticalHeader().setDefaultSectionSize(24)
         self.table.setMinimumHeight(24 * 7 + 40)  # six IMUs and a camera without scrolling
 
@@ -151,7 +155,8 @@ class DevicesPanel(QtWidgets.QWidget):
     # ------------------------------------------------------------------ display
     def refresh(self) -> None:
         devices = list(self._devices())
-        if self.table.rowCount() != len(devices):
+        resize = self.table.rowCount() != len(devices)
+        if resize:
             self.table.setRowCount(len(devices))
         for row, device in enumerate(devices):
             st = device.stats()
@@ -174,9 +179,19 @@ class DevicesPanel(QtWidgets.QWidget):
                     self.table.setItem(row, col, item)
                 if item.text() != text:
                     item.setText(text)
+                    if col == 0:
+                        item.setToolTip(text)
                 if col == 2:
                     item.setForeground(QtGui.QColor(*STATE_RGB.get(st.state, TEXT_RGB)))
                     item.setToolTip(st.last_error or "")
+        if resize:  # size the columns once per set of devices: live resizing makes every update costly
+            header = self.table.horizontalHeader()
+            metrics = self.table.fontMetrics()
+            for col in range(1, len(COLUMNS)):
+                self.table.resizeColumnToContents(col)
+                header.setSectionResizeMode(col, QtWidgets.QHeaderView.ResizeMode.Interactive)
+                widest = metrics.horizontalAdvance(WIDEST_TEXT.get(COLUMNS[col], "")) + 10
+                self.table.setColumnWidth(col, max(self.table.columnWidth(col), widest))
 
     def row_texts(self) -> list[tuple[str, ...]]:
         """The table as text (for tests and the headless report)."""

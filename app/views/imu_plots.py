@@ -42,16 +42,17 @@ class ImuPlots(QtWidgets.QWidget):
             plot.setMouseEnabled(False, False)
             plot.hideButtons()
             plot.setMenuEnabled(False)
-            plot.getAxis("bottom").setStyle(showValues=False)
-            plot.getAxis("left").setWidth(28)
-            plot.showGrid(x=False, y=True, alpha=0.15)
+            # no axes: the range is fixed ([-1, 1], the last 10 s) and axes cost most of the repaint
+            plot.hideAxis("bottom")
+            plot.hideAxis("left")
+            plot.addItem(pg.InfiniteLine(pos=0.0, angle=0, pen=pg.mkPen(71, 85, 105, 160)))
             curves = [plot.plot(pen=pg.mkPen(COMPONENT_RGB[c], width=1.5)) for c in range(4)]
             self._plots.append(plot)
             self._curves.append(curves)
 
         legend = QtWidgets.QLabel(
             "  ".join(f"<span style='color:{hex_rgb(rgb)}'>&#9632; {name}</span>"
-                      for name, rgb in zip("wxyz", COMPONENT_RGB)) + "  (quaternion, sensor to world)")
+                      for name, rgb in zip("wxyz", COMPONENT_RGB)) + "  (quaternion, sensor to world, range ±1, last 10 s)")
         legend.setStyleSheet("color: #94a3b8; font-size: 8pt;")
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
