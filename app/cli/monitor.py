@@ -33,9 +33,12 @@ def _status_line(elapsed_s: float, stats, latest) -> str:
         q = "[" + " ".join(f"{v:+.3f}" for v in latest.quat_wxyz) + "]"
     battery = "" if stats.battery_pct is None else f"  battery {stats.battery_pct:.0f}%"
     offset = "" if stats.clock_offset_s is None else f"  clock offset {stats.clock_offset_s:+.4f} s"
+    problem = ""
+    if stats.last_error and stats.state.value in ("connecting", "disconnected", "reconnecting"):
+        problem = f"\n          last error: {stats.last_error}"
     return (f"{elapsed_s:7.1f} s  {stats.state.value:<12s} {stats.rate_hz:7.1f} Hz  samples {stats.samples:7d}  "
             f"dropped {stats.dropped}  corrupt {stats.corrupt}  reconnects {stats.reconnects}  age {age}  q {q}"
-            f"{offset}{battery}")
+            f"{offset}{battery}{problem}")
 
 
 def run(args: argparse.Namespace) -> int:

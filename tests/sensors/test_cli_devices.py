@@ -167,9 +167,10 @@ def test_monitor_streams_a_serial_witmotion(tmp_path: Path, capsys) -> None:
 
 
 def test_monitor_reports_a_missing_port(capsys) -> None:
-    assert main(["monitor", "line:/dev/does-not-exist@115200", "--seconds", "0.3"]) == 1
-    err = capsys.readouterr().err
-    assert "no samples from line:/dev/does-not-exist" in err and "cannot open serial port" in err
+    assert main(["monitor", "line:/dev/does-not-exist@115200", "--seconds", "0.6", "--interval", "0.25"]) == 1
+    captured = capsys.readouterr()
+    assert "no samples from line:/dev/does-not-exist" in captured.err and "cannot open serial port" in captured.err
+    assert "last error: line:/dev/does-not-exist: cannot open serial port" in captured.out  # shown while it retries
 
 
 def test_monitor_rejects_a_bad_spec(capsys) -> None:
