@@ -156,7 +156,7 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     conf = np.where(np.isfinite(kp).all(-1), inputs.keypoint_confidence, 0.0)
     kp = np.concatenate((np.nan_to_num(kp), conf[..., None]), axis=-1)
     valid = live.imu_present & np.isfinite(live.bone_quats_world).all(-1)
-    quats = quat_mul(q_cw, np.where(valid[..., None], live.bone_quats_world, [1.0, 0, 0, 0]))
+    quats = np.where(valid[..., None], quat_mul(q_cw, np.nan_to_num(live.bone_quats_world)), [1.0, 0, 0, 0])  # identity where missing
     as_live = build_model_inputs(take, ResolveConfig(repair_imus=False))
     np.testing.assert_allclose(as_live.keypoints, kp, atol=1e-9)
     np.testing.assert_array_equal(as_live.imu_valid, valid)
