@@ -4,8 +4,8 @@
 
 Defaults are the paper's recipe (AdamW, weight decay 0.01, lr 2e-4 x 0.99 per epoch, batch 16,
 windows of 9, 18, ..., 81 frames). The run resumes from ``OUT/last.pt`` when it exists.
-Launch with ``torchrun --nproc_per_node N -m app.cli train ...`` for data-parallel training
-on N GPUs.
+Launch with ``torchrun --nproc_per_node N $(which vimcan) train ...`` for data-parallel
+training on N GPUs (each process draws its own windows; rank 0 validates and saves).
 """
 
 from __future__ import annotations
@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     state = trainer.fit(show)
+    if trainer.rank != 0:
+        return 0
     if not args.no_progress:
         sys.stderr.write("\n")
     print(

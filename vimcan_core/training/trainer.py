@@ -187,16 +187,20 @@ class Trainer:
             blob = torch.load(self.last_path, map_location=self.device, weights_only=False)
         except Exception as exc:  # a truncated file, another format
             raise CheckpointError(f"{self.last_path}: cannot resume from it ({exc}); delete it to start afresh") from exc
-        cfg = getattr(getattr(self.module, "config", None), "to_dict", lambda: {})()
-        if blob.get("model_config") and cfg and blob["model_config"] != cfg:
+        config = getattr(self.module, "config", None)
+        saved = blob.get("model_config")
+        if saved and config is not None and type(config).from_dict(saved) != config:
             raise CheckpointError(
-                f"{self.last_path}: saved for model {blob['model_config']}, not {cfg}; use another --out folder"
+                f"{self.last_path}: saved for model {saved}, not {config.to_dict()}; use another --out folder"
             )
         self.module.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         self.state = TrainState(**blob["state"])
-        self.rng.bit_generator.state = blob["rng"]
+        if self.rank == 0:
+            self.rng.bit_generator.state = blob["rng"]
+        else:  # the file holds rank 0's generator: give this rank its own stream again
+            self.rng = np.random.default_rng([self.config.seed, self.rank, self.state.step])
         torch.set_rng_state(blob["torch_rng"])
         log.info("resumed %s at step %d (epoch %d)", self.last_path, self.state.step, self.state.step // self.steps_per_epoch)
         return True
