@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sensors.demo import DemoConfig, build_demo_pipeline  # noqa: E402
-from sensors.model_source import ModelPoseSource  # noqa: E402
+from sensors.model_source import ModelPoseSource, TorchStepEstimator  # noqa: E402
 from sensors.pipeline import CapturePipeline  # noqa: E402
 
 log = logging.getLogger("benchmarks.live_pipeline")
@@ -65,49 +65,24 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class _RandomVimcan:
-    """A streaming vimcan-t with random weights, for timing when no trained weights exist."""
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        from vimcan_core.model import Vimcan, preset
-
-        self.torch = torch
-        self.device = torch.device(device)
-        torch.manual_seed(0)
-        self.model = Vimcan(preset("vimcan-t", streaming=True)).eval().to(self.device)
-        self.state = self.model.init_state(1, self.device)
-        self.description = f"VIMCAN-T streaming (random weights), {self.device}"
-        self.backend = str(self.device)
-
-    def reset(self) -> None:
-        self.state = self.model.init_state(1, self.device)
-
-    def step(self, keypoints: np.ndarray, quats: np.ndarray, imu_valid: np.ndarray) -> np.ndarray:
-        t = self.torch
-        with t.inference_mode():
-            out, self.state = self.model.step(
-                t.as_tensor(keypoints, dtype=t.float32, device=self.device)[None],
-                t.as_tensor(quats, dtype=t.float32, device=self.device)[None],
-                t.as_tensor(imu_valid, device=self.device)[None], self.state)
-        return out[0].double().cpu().numpy()
-
-
 def make_estimator(weights: Path, device: str):
-    """(estimator, what it is): the shipped weights through vimcan_core.live when available."""
+    """(estimator, what it is): ``vimcan_core.live.StreamingPoseEstimator`` on the shipped weights,
+    or on a randomly initialised vimcan-t (same architecture and cost) when there are none."""
     import torch
 
+    from vimcan_core.model import Vimcan, preset
+
+    try:
+        from vimcan_core.live import StreamingPoseEstimator as Estimator
+    except ImportError:  # the built-in minimal estimator
+        Estimator = TorchStepEstimator
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        from vimcan_core.live import StreamingPoseEstimator
-    except ImportError:
-        StreamingPoseEstimator = None
-    if StreamingPoseEstimator is not None and weights.is_file():
-        return StreamingPoseEstimator.from_checkpoint(weights, device=device), f"trained weights {weights.name}"
-    why = "no trained weights at " + str(weights) if not weights.is_file() else "vimcan_core.live not available"
-    return _RandomVimcan(device), f"random weights ({why})"
+    if weights.is_file():
+        return Estimator(weights, device=device), f"trained weights {weights.name}"
+    torch.manual_seed(0)
+    model = Vimcan(preset("vimcan-t", streaming=True))
+    return Estimator(model, device=device), f"random weights (no trained weights at {weights})"
 
 
 def _collect(q: queue.Queue, stop: threading.Event, latencies: list[float]) -> None:

@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class ModelPoseSource:
         self.calibration = calibration
         self.camera = camera
         self.config = config or ModelSourceConfig()
-        self.name = str(getattr(estimator, "description", None) or getattr(estimator, "name", None) or "VIMCAN streaming")
+        self.name = describe_estimator(estimator)
         self.status = SourceStatus.WAITING
         self.status_message = "waiting for the first frame"
         self._last: PoseFrame | None = None
@@ -109,13 +109,13 @@ class ModelPoseSource:
     def from_checkpoint(cls, path: str | Path, calibration: "Calibration | None" = None, camera: PinholeCamera | None = None,
                         device: str | None = None, config: ModelSourceConfig | None = None) -> "ModelPoseSource":
         """Load streaming weights (``resources/models/vimcan-t-streaming.pt``) into a
-        ``StreamingPoseEstimator`` on ``device`` (None: CUDA when available, else CPU)."""
-        from vimcan_core.live import StreamingPoseEstimator
-
-        loader = getattr(StreamingPoseEstimator, "from_checkpoint", None)
-        if loader is None:
-            raise CheckpointError(f"{path}: vimcan_core.live.StreamingPoseEstimator cannot load checkpoints (no from_checkpoint)")
-        estimator = loader(path) if device is None else loader(path, device=device)
+        ``vimcan_core.live.StreamingPoseEstimator`` on ``device`` (None: CUDA when available, else CPU)."""
+        try:
+            from vimcan_core.live import StreamingPoseEstimator
+        except ImportError:  # the live module is not there: step the model directly
+            log.warning("vimcan_core.live is not available: stepping the model with the minimal built-in estimator")
+            return cls(TorchStepEstimator.from_checkpoint(path, device), calibration, camera, config)
+        estimator = StreamingPoseEstimator(Path(path), device=device or "auto")
         return cls(estimator, calibration=calibration, camera=camera, config=config)
 
     @property
@@ -276,6 +276,30 @@ def solve_root_translation(joints_rel_cam_m: np.ndarray, keypoints_px: np.ndarra
     return sol
 
 
+def describe_estimator(estimator: object) -> str:
+    """What the status bar shows, e.g. "VIMCAN-T streaming, cpu / fused C kernel"."""
+    text = getattr(estimator, "description", None) or getattr(estimator, "name", None)
+    if text:
+        return str(text)
+    label = "VIMCAN"
+    config = getattr(getattr(estimator, "model", None), "config", None)
+    if config is not None:
+        try:
+            import dataclasses
+
+            from vimcan_core.model.config import PRESETS
+
+            for preset_name, preset_config in PRESETS.items():
+                if dataclasses.replace(config, streaming=preset_config.streaming, dropout=preset_config.dropout) == preset_config:
+                    label = preset_name.upper()
+                    break
+        except Exception:  # naming must never stop the pose stage
+            log.debug("could not name the model", exc_info=True)
+    streaming = " streaming" if getattr(config, "streaming", True) else ""
+    backend = getattr(estimator, "backend", None)
+    return f"{label}{streaming}" + (f", {backend}" if backend else "")
+
+
 def _world_from_camera(camera: PinholeCamera | None) -> np.ndarray:
     """Without a calibration: the camera's own pose, or identity."""
     if camera is None:
@@ -286,3 +310,43 @@ def _world_from_camera(camera: PinholeCamera | None) -> np.ndarray:
 
 def _site_name(i: int) -> str:
     return IMU_SITE_NAMES[int(i)].replace("_", " ")
+
+
+class TorchStepEstimator:
+    """A minimal streaming estimator: a streaming ``Vimcan`` stepped one frame at a time.
+
+    ``vimcan_core.live.StreamingPoseEstimator`` is the full one (device selection, backends);
+    this one is the fallback when that module is absent, and the benchmark's random-weights model."""
+
+    def __init__(self, model: Any, device: str | None = None, description: str | None = None) -> None:
+        import torch
+
+        if isinstance(model, (str, Path)):
+            from vimcan_core.model.checkpoint import load_checkpoint
+
+            model, _meta = load_checkpoint(model, device="cpu")
+            if not model.config.streaming:
+                raise CheckpointError("not a streaming checkpoint; live inference needs preset(..., streaming=True) weights")
+        self._torch = torch
+        device = None if device == "auto" else device
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.state = self.model.init_state(1, self.device)
+        self.backend = str(self.device)
+        self.description = description or f"VIMCAN streaming, {self.device}"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> "TorchStepEstimator":
+        return cls(Path(path), device, description=f"VIMCAN streaming ({Path(path).name})")
+
+    def reset(self) -> None:
+        self.state = self.model.init_state(1, self.device)
+
+    def step(self, keypoints: np.ndarray, quats: np.ndarray, imu_valid: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out, self.state = self.model.step(
+                torch.as_tensor(keypoints, dtype=torch.float32, device=self.device)[None],
+                torch.as_tensor(quats, dtype=torch.float32, device=self.device)[None],
+                torch.as_tensor(imu_valid, device=self.device)[None], self.state)
+        return out[0].double().cpu().numpy()

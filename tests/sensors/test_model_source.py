@@ -175,8 +175,21 @@ def test_root_translation_reprojects_the_joints() -> None:
     assert solve_root_translation(joints_cam - joints_cam[:1], kp, np.r_[np.ones(3), np.zeros(14)], cam) is None
 
 
+def test_model_name_says_which_network_and_where() -> None:
+    live = pytest.importorskip("vimcan_core.live")
+    torch.manual_seed(0)
+    src = ModelPoseSource(live.StreamingPoseEstimator(Vimcan(preset("vimcan-t", streaming=True)), device="cpu"))
+    assert src.name.startswith("VIMCAN-T streaming, cpu") and src.backend.startswith("cpu")
+
+
 def test_runs_live_in_the_demo_pipeline_and_swaps_with_the_ground_truth() -> None:
-    source = ModelPoseSource(TinyEstimator())
+    try:
+        from vimcan_core.live import StreamingPoseEstimator
+    except ImportError:  # before the live module: the same network stepped by the test's estimator
+        source = ModelPoseSource(TinyEstimator())
+    else:
+        torch.manual_seed(0)
+        source = ModelPoseSource(StreamingPoseEstimator(Vimcan(preset("vimcan-t", **TINY)), device="cpu"))
     config = DemoConfig(camera=SimCameraConfig(render_preview=False))
     pipeline = build_demo_pipeline(pose_source=source, config=config)
     assert source.calibration is not None and source.camera is pipeline.demo.camera_model  # given by the demo
@@ -208,3 +221,24 @@ def test_runs_live_in_the_demo_pipeline_and_swaps_with_the_ground_truth() -> Non
     idx = [s.frame_index for s, _ in items]
     assert idx == sorted(idx)
     assert dataclasses.is_dataclass(stats)
+
+
+def test_from_checkpoint_loads_streaming_weights(rig, tmp_path) -> None:
+    from vimcan_core.errors import VimcanError
+    from vimcan_core.model.checkpoint import save_checkpoint
+
+    reference = TinyEstimator(seed=7)
+    path = save_checkpoint(tmp_path / "tiny-streaming.pt", reference.model)
+    src = ModelPoseSource.from_checkpoint(path, calibration=rig.true_calibration(), camera=rig.camera_model, device="cpu")
+    assert "cpu" in src.backend
+    frame = synced_at(rig, 9.0)
+    pose = src.estimate(frame)
+    kp, quats, valid, _ = src.model_inputs(frame)
+    expected = reference.step(kp, quats, valid)
+    q_wc = np.asarray(rig.true_calibration().quat_world_from_camera)
+    np.testing.assert_allclose(pose.joints_world_m, quat_rotate(q_wc, expected - expected[:1]), atol=1e-5)
+    # offline (non-streaming) weights cannot run live
+    torch.manual_seed(0)
+    offline = save_checkpoint(tmp_path / "offline.pt", Vimcan(preset("vimcan-t", **{**TINY, "streaming": False})))
+    with pytest.raises(VimcanError, match="stream"):
+        ModelPoseSource.from_checkpoint(offline, device="cpu")
