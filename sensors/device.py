@@ -33,6 +33,7 @@ from typing import Sequence
 from sensors.buffer import SampleBuffer
 from sensors.clock import ClockOffsetEstimator
 from sensors.samples import Sample
+from vimcan_core.calibration import ImuWorldUp
 from vimcan_core.errors import DeviceError, DeviceLost
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class Device(ABC):
     """Base of every driver: a thread, a state, statistics and a bounded buffer."""
 
     kind: DeviceKind = DeviceKind.IMU
+    #: the vertical axis of the IMU's own world frame: hardware AHRS worlds (ENU, NWU) are Z-up;
+    #: the calibration uses it when it has no raw accelerometer data
+    imu_world_up: ImuWorldUp = ImuWorldUp.Z
 
     def __init__(self, device_id: str, config: DeviceConfig | None = None) -> None:
         self.device_id = device_id

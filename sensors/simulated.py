@@ -54,6 +54,7 @@ from sensors.device import Device, DeviceConfig, DeviceKind
 from sensors.samples import ImuSample, KeypointFrame
 from vimcan_core.camera import PinholeCamera
 from vimcan_core.errors import DeviceError, DeviceLost
+from vimcan_core.calibration import ImuWorldUp
 from vimcan_core.performer import Performer, PerformerPose
 from vimcan_core.rotations import quat_conj, quat_from_rotvec, quat_mul, quat_normalize, quat_rotate, yaw_quat
 from vimcan_core.skeleton import BONES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS, ImuSite
@@ -293,6 +294,7 @@ class SimulatedImu(_SimDevice):
     """One IMU on one bone of the performer, streaming ``ImuSample`` at ``config.rate_hz``."""
 
     kind = DeviceKind.IMU
+    imu_world_up = ImuWorldUp.Y  # the simulator's IMU worlds are the performer's Y-up world (turned by a heading)
 
     def __init__(self, device_id: str, performer: Performer, site: ImuSite, config: SimImuConfig | None = None,
                  clock: SimClock | None = None) -> None:
