@@ -257,9 +257,28 @@ def _file(spec: DeviceSpec, device_id: str | None, config: DeviceConfig | None) 
     return FileReplayDevice(spec.address, speed=speed, loop=spec.flag("loop"), device_id=device_id, config=config)
 
 
+def _camera(spec: DeviceSpec, device_id: str | None, config: DeviceConfig | None) -> Device:
+    fix = "the webcam driver lives in sensors/camera/ and needs opencv-contrib-python and mediapipe"
+    cls = _import("sensors.camera.camera_device", "CameraDevice", "the webcam", fix)
+    cfg_cls = _import("sensors.camera.webcam", "WebcamConfig", "the webcam", fix)
+    mode_cls = _import("sensors.camera.webcam", "PlaybackMode", "the webcam", fix)
+    width, height = spec.int_option("width", 640), spec.int_option("height", 480)
+    kwargs = dict(source=spec.address or 0, width_px=width, height_px=height, fps=spec.float_option("fps", 30.0),
+                  loop=spec.flag("loop"), hfov_deg=spec.float_option("hfov", 60.0))
+    if spec.flag("fast"):
+        kwargs["playback"] = mode_cls.FAST
+    try:
+        webcam = cfg_cls(**kwargs)
+    except Exception as exc:
+        raise DeviceError(f"device spec {spec.text!r}: {exc}") from exc
+    return cls(webcam=webcam, device_id=device_id, config=config)
+
+
 register_kind("witmotion", _witmotion, "WitMotion serial IMU (WT901, HWT905...)", ("rate", "quat", "time", "save", "baud"))
 register_kind("witmotion-ble", _witmotion_ble, "WitMotion BLE 5.0 IMU (BWT901BLE...)", ("rate", "save"))
 register_kind("dot", _dot, "Movella DOT over BLE", ("rate", "heading_reset"))
 register_kind("line", _line, "DIY board speaking the VIMCAN line protocol", ("sensor",))
 register_kind("sim", _sim, "simulated IMU on the procedural performer", ("rate", "seed", "drop", "jitter", "noise"))
+register_kind("camera", _camera, "webcam, video file or stream with MediaPipe keypoints (camera:0, camera:clip.mp4)",
+              ("width", "height", "fps", "loop", "fast", "hfov"))
 register_kind("file", _file, "replay of a recorded file (DOT CSV, x-IMU3, MT Manager, monitor CSV)", ("speed", "loop"))
