@@ -26,6 +26,17 @@ def weights_path(settings: StudioSettings) -> Path:
     return Path(settings.model_path) if settings.model_path else SHIPPED_WEIGHTS
 
 
+def _one_torch_thread() -> None:
+    """One intra-op thread for the per-frame CPU step: a batch of one frame gains nothing from more,
+    and spinning worker threads starve the UI and the device threads (measured on 2 loaded cores:
+    64 ms per vimcan-t step with one thread, 1.8 s with two)."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        log.info("torch: 1 intra-op thread for live CPU inference (was %d)", torch.get_num_threads())
+        torch.set_num_threads(1)
+
+
 def make_pose_source(settings: StudioSettings, calibration=None, camera=None):
     """The streaming VIMCAN as pose source, or None (keep the pipeline's ground truth) with the reason logged.
 
@@ -40,9 +51,13 @@ def make_pose_source(settings: StudioSettings, calibration=None, camera=None):
         return None
     try:
         from sensors.model_source import ModelPoseSource
+        from vimcan_core.live import StreamingPoseEstimator
 
-        source = ModelPoseSource.from_checkpoint(path, calibration=calibration, camera=camera)
-    except (ImportError, VimcanError, OSError, RuntimeError) as exc:
+        estimator = StreamingPoseEstimator(path)
+        if estimator.device.type == "cpu":
+            _one_torch_thread()
+        source = ModelPoseSource(estimator, calibration=calibration, camera=camera)
+    except (ImportError, VimcanError, OSError, RuntimeError, KeyError) as exc:
         log.error("could not load the model from %s (%s): showing the simulation's ground truth", path, exc)
         return None
     log.info("pose source: %s on %s", source.name, source.backend)

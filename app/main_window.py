@@ -25,7 +25,7 @@ from app.qt_bridge import PipelineBridge
 from app.settings import StudioSettings, save_settings
 from app.views.imu_plots import ImuPlots
 from app.views.keypoints_view import KeypointsView
-from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, stacked, titled_box
+from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, apply_dark_theme, stacked, titled_box
 from app.views.skeleton_view import SkeletonView, place_on_floor
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ class MainWindow(QtWidgets.QMainWindow):
                  qsettings: QtCore.QSettings | None = None, pipeline=None,
                  parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
+        qapp = QtWidgets.QApplication.instance()
+        if qapp is not None and not qapp.styleSheet():
+            apply_dark_theme(qapp)
         self.options = options
         self.settings = settings or StudioSettings()
         self._qsettings = qsettings
@@ -100,7 +103,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.takes_browser.pose.connect(self._on_playback_pose)
         self.log_view = LogView()
         self.log_view.install(logging.getLogger(), logging.INFO)
-        self.calibration_label = QtWidgets.QLabel("calibration: none (demo ground truth needs none)")
+        self.calibration_label = QtWidgets.QLabel(self._calibration_text())
         self.calibration_label.setWordWrap(True)
         self.calibration_label.setContentsMargins(6, 0, 6, 6)
 
@@ -217,6 +220,17 @@ class MainWindow(QtWidgets.QMainWindow):
             menu_capture.addAction(a)
         for a in (self.action_follow, self.action_reset_view):
             menu_view.addAction(a)
+
+    def _calibration_text(self) -> str:
+        from app.live import current_calibration
+
+        if current_calibration(self.pipeline) is None:
+            if "ground truth" in str(getattr(self.pipeline.pose_source, "name", "")).lower():
+                return "calibration: none (the simulation's ground truth needs none)"
+            return "calibration: none: run the calibration wizard (Ctrl+K)"
+        if self.options.demo:
+            return "calibration: the demo rig's exact one (replace it with the wizard, Ctrl+K)"
+        return f"calibration: {self.settings.last_profile or 'last saved profile'}"
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
