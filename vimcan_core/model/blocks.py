@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vimcan_core.errors import VimcanError
@@ -86,7 +87,7 @@ class SSMMixer(nn.Module):
         xs = xs.transpose(1, 2)  # Ns x Di x L
         if k == 2:
             xs = torch.cat((xs, xs.flip(-1)), dim=1)  # Ns x 2Di x L (second half runs backwards)
-        xs = F.conv1d(F.pad(xs, (self.d_conv - 1, 0)), self.conv_weight, self.conv_bias, groups=k * di)  # Ns x kDi x L
+        xs = F.conv1d(xs, self.conv_weight, self.conv_bias, padding=self.d_conv - 1, groups=k * di)[..., :L]  # causal, Ns x kDi x L
         xs = F.silu(xs)
         proj = torch.einsum("kod,nkdl->nkol", self.x_proj_weight, xs.view(Ns, k, di, L))  # Ns x k x (R+2N) x L
         dt, Bm, Cm = proj.split((r, n, n), dim=2)  # Ns x k x R x L, Ns x k x N x L, Ns x k x N x L
@@ -154,8 +155,14 @@ class BiSTSSM(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, config.mlp_ratio, config.dropout)
         self.drop = nn.Dropout(config.dropout)
+        self.checkpointing = config.checkpointing
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         x = x + self.drop(self.mixer(self.norm1(x)))  # Ns x L x C
         return x + self.mlp(self.norm2(x))
 

@@ -52,6 +52,7 @@ class VimcanConfig:
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
     dropout: float = 0.0  # dropout after each mixer and MLP (training regularisation)
+    checkpointing: bool = False  # recompute each block in backward: much less memory, ~30% slower
 
     def __post_init__(self) -> None:
         if self.groups not in (0, 3, 5):
@@ -87,10 +88,14 @@ class VimcanConfig:
         return cls(**d)
 
 
-#: the paper's two sizes. VIMCAN-B: De 64, Dg 256 (~12.3M parameters); VIMCAN-T (~3.9M).
+#: the paper's two sizes, VIMCAN-B (De 64, Dg 256, ~12.3M parameters) and VIMCAN-T (~3.9M),
+#: and a CPU-sized variant.
 PRESETS: dict[str, VimcanConfig] = {
     "vimcan-b": VimcanConfig(embed_dim=64, fused_dim=256),
     "vimcan-t": VimcanConfig(embed_dim=64, fused_dim=136),
+    # not from the paper: the same architecture, narrow and shallow (~0.43M parameters), for
+    # training within a session on a 2-core CPU, where vimcan-t needs tens of seconds per batch
+    "vimcan-cpu": VimcanConfig(embed_dim=32, fused_dim=64, num_skeleton_layers=2, mlp_ratio=2.0),
 }
 
 

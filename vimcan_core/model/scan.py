@@ -29,9 +29,13 @@ Backends (``ScanBackend``):
   only the state at each chunk start, the backward pass recomputes the chunk's states and runs the
   adjoint recurrence in the same closed form. Batch and chunk are both sliced so no temporary
   exceeds ``MAX_CHUNK_ELEMENTS`` elements (never a full b x d x l x n tensor).
+* ``CPU_KERNEL``: the same recurrence as a fused C loop (``scan_cpu.py``, compiled on first use
+  with the system C compiler): one pass over the inputs, states in registers, several times
+  faster than ``CHUNKED`` for training on a CPU.
 * ``CUDA``: ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (fused kernel) for
   CUDA tensors, when ``mamba_ssm`` imports.
-* ``AUTO``: ``CUDA`` when possible, else ``CHUNKED`` (logged once).
+* ``AUTO``: ``CUDA`` for CUDA tensors when ``mamba_ssm`` imports; on the CPU ``CPU_KERNEL`` when
+  it builds, else ``CHUNKED``; on another device ``CHUNKED`` (the choice is logged once).
 """
 
 from __future__ import annotations
@@ -46,11 +50,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vimcan_core.errors import InputShapeError, VimcanError
+from vimcan_core.model import scan_cpu
 
 log = logging.getLogger(__name__)
 
-#: largest |cumulative log decay| allowed inside one chunk (e^40 ~ 2e17, far from float32 overflow)
-SAFE_LOG = 40.0
+#: largest |cumulative log decay| allowed inside one chunk (e^60 ~ 1e26, far from float32 overflow)
+SAFE_LOG = 60.0
 #: longest chunk along time (longer chunks: fewer Python iterations, larger temporaries)
 MAX_CHUNK_LEN = 128
 #: cap on the elements of one b_slice x d x l_chunk x n temporary (4M floats = 16 MB)
@@ -63,6 +68,7 @@ class ScanBackend(Enum):
     AUTO = "auto"
     REFERENCE = "reference"
     CHUNKED = "chunked"
+    CPU_KERNEL = "cpu-kernel"
     CUDA = "cuda"
 
 
@@ -89,8 +95,16 @@ def cuda_scan_available() -> bool:
 _logged_choice: set[str] = set()
 
 
-def resolve_backend(backend: ScanBackend, device: torch.device, needs_initial_state: bool = False) -> ScanBackend:
+def resolve_backend(backend: ScanBackend, device: torch.device, needs_initial_state: bool = False,
+                    dtype: torch.dtype = torch.float32, d_state: int = 16) -> ScanBackend:
     """The backend that will actually run for tensors on ``device`` (AUTO resolved)."""
+    if backend is ScanBackend.CPU_KERNEL:
+        if device.type != "cpu" or dtype not in (torch.float32, torch.float64) or scan_cpu.load_kernel() is None:
+            raise BackendUnavailable(
+                f"scan backend 'cpu-kernel' needs float32/64 CPU tensors and a C compiler (cc with OpenMP); "
+                f"got {dtype} on {device}, kernel {'built' if scan_cpu.load_kernel() else 'not built (see the log)'}"
+            )
+        return backend
     if backend is ScanBackend.CUDA:
         if _mamba_ssm_fn() is None:
             raise BackendUnavailable(
@@ -105,7 +119,9 @@ def resolve_backend(backend: ScanBackend, device: torch.device, needs_initial_st
         return backend
     if backend is ScanBackend.AUTO:
         use_cuda = device.type == "cuda" and not needs_initial_state and _mamba_ssm_fn() is not None
-        chosen = ScanBackend.CUDA if use_cuda else ScanBackend.CHUNKED
+        use_kernel = (device.type == "cpu" and dtype in (torch.float32, torch.float64)
+                      and d_state <= scan_cpu.MAX_STATE and scan_cpu.load_kernel() is not None)
+        chosen = ScanBackend.CUDA if use_cuda else ScanBackend.CPU_KERNEL if use_kernel else ScanBackend.CHUNKED
         key = f"{device.type}:{chosen.value}"
         if key not in _logged_choice:
             _logged_choice.add(key)
@@ -154,7 +170,7 @@ def selective_scan(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The selective scan (see the module docstring for the shapes and the recurrence)."""
     b, d, l, n, g = _check_shapes(u, delta, A, B, C)
-    chosen = resolve_backend(backend, u.device, needs_initial_state=initial_state is not None)
+    chosen = resolve_backend(backend, u.device, initial_state is not None, u.dtype, n)
     if chosen is ScanBackend.CUDA:
         fn = _mamba_ssm_fn()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
@@ -168,7 +184,8 @@ def selective_scan(
         Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
         Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
         h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
-        y, last = _ChunkedScan.apply(u, delta, A, Bg, Cg, h0)
+        fn = scan_cpu.KernelScan if chosen is ScanBackend.CPU_KERNEL else _ChunkedScan
+        y, last = fn.apply(u, delta, A, Bg, Cg, h0)
     if D is not None:
         y = y + u * D[:, None]
     if z is not None:
@@ -200,7 +217,9 @@ def _plan(u: Tensor, delta: Tensor, A: Tensor, g: int) -> tuple[int, int]:
     b, d, l = u.shape
     n = A.shape[1]
     # the largest one-step log decay |delta * A| bounds the cumulative decay inside a chunk
-    max_step = float((delta.detach().abs().amax() * A.detach().abs().amax()).item()) if u.numel() else 0.0
+    # largest one-step log decay |delta * A|, per channel: bounds the cumulative decay in a chunk
+    max_step = float((delta.detach().abs().amax(dim=(0, 2)) * A.detach().abs().amax(dim=1)).max()) if u.numel() else 0.0
+    max_step = min(max_step, SAFE_LOG)  # steps are clamped to SAFE_LOG in _chunk_states
     safe_len = l if max_step <= 0 else max(1, int(SAFE_LOG / max_step))
     lc = max(1, min(l, MAX_CHUNK_LEN, safe_len))
     bs = max(1, min(b, MAX_CHUNK_ELEMENTS // max(1, d * n * lc)))
@@ -211,7 +230,8 @@ class _ChunkedScan(torch.autograd.Function):
     """Chunked closed-form scan with a recomputing backward.
 
     Shapes inside: u, delta b x g x dg x l (dg = d / g); A g x dg x n; B, C b x g x n x l;
-    per-chunk tensors bs x g x dg x lc x n.
+    per-chunk tensors bs x g x lc x dg x n (time before channels, so the contractions with
+    B and C over n are batched matrix-vector products, no copies).
     """
 
     @staticmethod
@@ -220,30 +240,31 @@ class _ChunkedScan(torch.autograd.Function):
         g, n = B.shape[1], B.shape[2]
         dg = d // g
         lc, bs = _plan(u, delta, A, g)
-        u4 = u.view(b, g, dg, l)
-        delta4 = delta.view(b, g, dg, l)
+        ut = u.view(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg (view)
+        dt = delta.view(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg (view)
         A3 = A.view(g, dg, n)
-        Bt = B.transpose(-1, -2)  # b x g x l x n
-        Ct = C.transpose(-1, -2)  # b x g x l x n
+        Bt = B.transpose(-1, -2)  # b x g x l x n (view)
+        Ct = C.transpose(-1, -2)  # b x g x l x n (view)
         n_chunks = math.ceil(l / lc)
-        y = u.new_empty(b, g, dg, l)
+        y = u.new_empty(b, g, l, dg)
         last = u.new_empty(b, g, dg, n)
         # the state at the start of every chunk after the first (the first is h0): for backward
-        starts = u.new_empty(n_chunks - 1, b, g, dg, n) if n_chunks > 1 else None
-        for b0 in range(0, b, bs):
-            b1 = min(b, b0 + bs)
-            h = h0[b0:b1].view(b1 - b0, g, dg, n)
-            for k, t0 in enumerate(range(0, l, lc)):
-                t1 = min(l, t0 + lc)
-                if k > 0:
-                    starts[k - 1, b0:b1] = h
-                hs = _chunk_states(u4[b0:b1, :, :, t0:t1], delta4[b0:b1, :, :, t0:t1], A3, Bt[b0:b1, :, t0:t1], h)
-                y[b0:b1, :, :, t0:t1] = torch.einsum("bgdln,bgln->bgdl", hs, Ct[b0:b1, :, t0:t1])
-                h = hs[:, :, :, -1]
-            last[b0:b1] = h
-        ctx.save_for_backward(u, delta, A, B, C, h0, starts if starts is not None else u.new_empty(0))
+        starts = u.new_empty(n_chunks - 1, b, g, dg, n) if n_chunks > 1 else u.new_empty(0)
+        with torch.no_grad():
+            for b0 in range(0, b, bs):
+                b1 = min(b, b0 + bs)
+                h = h0[b0:b1].view(b1 - b0, g, dg, n)
+                for k, t0 in enumerate(range(0, l, lc)):
+                    t1 = min(l, t0 + lc)
+                    if k > 0:
+                        starts[k - 1, b0:b1] = h
+                    hs, _, _ = _chunk_states(ut[b0:b1, :, t0:t1], dt[b0:b1, :, t0:t1], A3, Bt[b0:b1, :, t0:t1], h)
+                    torch.matmul(hs, Ct[b0:b1, :, t0:t1, :, None], out=y[b0:b1, :, t0:t1, :, None])
+                    h = hs[:, :, -1]
+                last[b0:b1] = h
+        ctx.save_for_backward(u, delta, A, B, C, h0, starts)
         ctx.plan = (lc, bs)
-        return y.view(b, d, l), last.view(b, d, n)
+        return y.transpose(-1, -2).reshape(b, d, l), last.view(b, d, n)
 
     @staticmethod
     def backward(ctx, gy: Tensor, glast: Tensor):
@@ -252,76 +273,73 @@ class _ChunkedScan(torch.autograd.Function):
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         dg = d // g
-        u4 = u.view(b, g, dg, l)
-        delta4 = delta.view(b, g, dg, l)
+        ut = u.view(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg
+        dt = delta.view(b, g, dg, l).transpose(-1, -2)
         A3 = A.view(g, dg, n)
         Bt = B.transpose(-1, -2)  # b x g x l x n
         Ct = C.transpose(-1, -2)
-        gy4 = (gy if gy is not None else u.new_zeros(b, d, l)).contiguous().view(b, g, dg, l)
-        g_u = torch.empty_like(u4)
-        g_delta = torch.empty_like(delta4)
+        if gy is None:
+            gy = u.new_zeros(b, d, l)
+        gyt = gy.reshape(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg
+        g_u = u.new_empty(b, g, l, dg)
+        g_delta = u.new_empty(b, g, l, dg)
         g_A = torch.zeros_like(A3)
-        g_Bt = torch.empty_like(Bt)
-        g_Ct = torch.empty_like(Ct)
-        g_h0 = torch.empty(b, g, dg, n, dtype=u.dtype, device=u.device)
+        g_B = u.new_empty(b, g, l, n)
+        g_C = u.new_empty(b, g, l, n)
+        g_h0 = u.new_empty(b, g, dg, n)
         chunk_starts = list(range(0, l, lc))
         for b0 in range(0, b, bs):
             b1 = min(b, b0 + bs)
-            # adjoint of the state after the chunk: gradient flowing into h_{t1 - 1} from later on
-            carry = (glast[b0:b1].view(b1 - b0, g, dg, n).clone() if glast is not None
+            # adjoint of the state after the chunk: the gradient reaching h_{t1 - 1} from later on
+            carry = (glast[b0:b1].view(b1 - b0, g, dg, n) if glast is not None
                      else u.new_zeros(b1 - b0, g, dg, n))
             for k in reversed(range(len(chunk_starts))):
                 t0 = chunk_starts[k]
                 t1 = min(l, t0 + lc)
                 h_start = h0[b0:b1].view(b1 - b0, g, dg, n) if k == 0 else starts[k - 1, b0:b1]
-                uc = u4[b0:b1, :, :, t0:t1]  # bs x g x dg x lc
-                dc = delta4[b0:b1, :, :, t0:t1]
-                Bc = Bt[b0:b1, :, t0:t1]  # bs x g x lc x n
-                Cc = Ct[b0:b1, :, t0:t1]
-                gyc = gy4[b0:b1, :, :, t0:t1]
-                dA = dc[..., None] * A3[None, :, :, None, :]  # bs x g x dg x lc x n
-                cum = dA.cumsum(-2)
-                hs = _chunk_states(uc, dc, A3, Bc, h_start, dA=dA, cum=cum)  # bs x g x dg x lc x n
-                # adjoint recurrence gh_t = C_t gy_t + a_{t+1} gh_{t+1}, solved backwards in closed form
-                e_cum = cum.exp()
-                x = gyc[..., None] * Cc[:, :, None]  # bs x g x dg x lc x n
-                rev = (e_cum * x).flip(-2).cumsum(-2).flip(-2)
-                gh = (rev + e_cum[..., -1:, :] * carry[..., None, :]) * torch.exp(-cum)
-                h_prev = torch.cat((h_start[..., None, :], hs[..., :-1, :]), dim=-2)
-                g_dA = gh * h_prev * dA.exp()  # bs x g x dg x lc x n
-                carry = gh[..., 0, :] * dA[..., 0, :].exp()  # adjoint of h_start
-                du = dc * uc  # bs x g x dg x lc
-                g_du = torch.einsum("bgdln,bgln->bgdl", gh, Bc)
-                g_Bt[b0:b1, :, t0:t1] = torch.einsum("bgdln,bgdl->bgln", gh, du)
-                g_Ct[b0:b1, :, t0:t1] = torch.einsum("bgdln,bgdl->bgln", hs, gyc)
-                g_delta[b0:b1, :, :, t0:t1] = torch.einsum("bgdln,gdn->bgdl", g_dA, A3) + g_du * uc
-                g_u[b0:b1, :, :, t0:t1] = g_du * dc
-                g_A += torch.einsum("bgdln,bgdl->gdn", g_dA, dc)
+                uc, dc = ut[b0:b1, :, t0:t1], dt[b0:b1, :, t0:t1]  # bs x g x lc x dg
+                Bc, Cc = Bt[b0:b1, :, t0:t1], Ct[b0:b1, :, t0:t1]  # bs x g x lc x n
+                gyc = gyt[b0:b1, :, t0:t1]  # bs x g x lc x dg
+                hs, x, E = _chunk_states(uc, dc, A3, Bc, h_start)  # bs x g x lc x dg x n each
+                # adjoint recurrence gh_t = C_t gy_t + a_{t+1} gh_{t+1}, solved backwards in closed form:
+                # gh_t = e^{-c_t} (sum_{s>=t} e^{c_s} C_s gy_s + e^{c_last} carry)
+                w = gyc[..., None] * Cc[:, :, :, None, :]  # bs x g x lc x dg x n
+                w.mul_(E)
+                gh = w.flip(2).cumsum(2).flip(2)
+                gh.add_(E[:, :, -1:] * carry[:, :, None]).div_(E)
+                g_C[b0:b1, :, t0:t1] = torch.matmul(gyc[..., None, :], hs).squeeze(-2)  # bs x g x lc x n
+                du = dc * uc  # bs x g x lc x dg
+                g_B[b0:b1, :, t0:t1] = torch.matmul(du[..., None, :], gh).squeeze(-2)
+                g_du = torch.matmul(gh, Bc[..., None]).squeeze(-1)  # bs x g x lc x dg
+                # d h_t / d(delta_t A) = a_t h_{t-1} = h_t - x_t
+                g_dA = hs.sub_(x).mul_(gh)  # bs x g x lc x dg x n
+                carry = gh[:, :, 0] * torch.exp(dc[:, :, 0, :, None] * A3)  # adjoint of h_start
+                g_delta[b0:b1, :, t0:t1] = (g_dA * A3[:, None]).sum(-1) + g_du * uc
+                g_u[b0:b1, :, t0:t1] = g_du * dc
+                g_A += (g_dA.mul_(dc[..., None])).sum((0, 2))
             g_h0[b0:b1] = carry
         return (
-            g_u.view(b, d, l),
-            g_delta.view(b, d, l),
+            g_u.transpose(-1, -2).reshape(b, d, l),
+            g_delta.transpose(-1, -2).reshape(b, d, l),
             g_A.view(d, n),
-            g_Bt.transpose(-1, -2),
-            g_Ct.transpose(-1, -2),
+            g_B.transpose(-1, -2),
+            g_C.transpose(-1, -2),
             g_h0.view(b, d, n),
         )
 
 
-def _chunk_states(
-    u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, h_start: Tensor,
-    dA: Tensor | None = None, cum: Tensor | None = None,
-) -> Tensor:
+def _chunk_states(u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, h_start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """States of one chunk in closed form.
 
-    u, delta: bs x g x dg x lc; A: g x dg x n; Bt: bs x g x lc x n; h_start: bs x g x dg x n.
-    Returns h: bs x g x dg x lc x n with h_t = e^{c_t} (h_start + sum_{s<=t} e^{-c_s} delta_s u_s B_s).
+    u, delta: bs x g x lc x dg; A: g x dg x n; Bt: bs x g x lc x n; h_start: bs x g x dg x n.
+    Returns (h, x, E), each bs x g x lc x dg x n: the states
+    h_t = e^{c_t} (h_start + sum_{s<=t} e^{-c_s} x_s), the inputs x_t = delta_t u_t B_t and
+    E = e^{c}, with c_t = sum_{s<=t} delta_s A the cumulative log decay (|c| <= SAFE_LOG).
     """
-    if dA is None:
-        dA = delta[..., None] * A[None, :, :, None, :]  # bs x g x dg x lc x n
-    if cum is None:
-        cum = dA.cumsum(-2)
-    x = (delta * u)[..., None] * Bt[:, :, None]  # bs x g x dg x lc x n
-    acc = (torch.exp(-cum) * x).cumsum(-2)
-    acc += h_start[..., None, :]
-    return acc * cum.exp()
+    # one-step decays below e^-SAFE_LOG (~1e-26) are clamped there: a state that decays faster is
+    # zero to float precision either way, and the division by E below stays finite
+    E = (delta[..., None] * A[None, :, None]).clamp_(min=-SAFE_LOG).cumsum_(2).exp_()  # bs x g x lc x dg x n
+    x = (delta * u)[..., None] * Bt[:, :, :, None, :]  # bs x g x lc x dg x n
+    h = (x / E).cumsum_(2)
+    h.add_(h_start[:, :, None]).mul_(E)
+    return h, x, E
