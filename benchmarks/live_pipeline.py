@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/live_pipeline.py                       # about a minute
     .venv/bin/python benchmarks/live_pipeline.py --seconds 600         # the 10-minute memory soak
+    .venv/bin/python benchmarks/live_pipeline.py --seconds 600 --realtime-source ground-truth \
+        --skip unthrottled mediapipe baseline                          # soak of the pipeline alone
     .venv/bin/python benchmarks/live_pipeline.py --device cuda --out gpu.json
 
 Measures, and prints as JSON (also written to ``--out``):
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video file for the MediaPipe run ('' to skip)")
     p.add_argument("--video-seconds", type=float, default=20.0)
     p.add_argument("--baseline-seconds", type=float, default=10.0, help="the same demo with the ground truth as pose stage")
+    p.add_argument("--realtime-source", choices=["model", "ground-truth"], default="model",
+                   help="pose stage of the realtime run (ground-truth: a cheap soak of the pipeline itself)")
     p.add_argument("--skip", nargs="*", default=[], choices=["baseline", "realtime", "unthrottled", "mediapipe"])
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         result["unthrottled"] = run_unthrottled(source, args.unthrottled_frames, seed=1)
     if "realtime" not in args.skip:
         source.calibration = None  # the demo sets its own
-        pipeline = build_demo_pipeline(pose_source=source)
+        pipeline = build_demo_pipeline(pose_source=source if args.realtime_source == "model" else None)
         result["realtime"] = run_live(pipeline, args.seconds)
         result["realtime"]["keeps_up_at_camera_rate"] = (
             result["realtime"]["frames_dropped"] == 0 and result["realtime"]["poses"] >= 0.95 * result["realtime"]["camera_frames"])
