@@ -86,6 +86,8 @@ class SimClock:
     TICK_HZ = 120
     CHUNK_TICKS = 60  # one batched evaluation every 0.5 s of grid time
     _CACHE_CHUNKS = 16
+    _shared: "weakref.WeakKeyDictionary[Performer, SimClock]" = weakref.WeakKeyDictionary()  # for_performer()
+    _shared_lock = threading.Lock()
 
     def __init__(self, performer: Performer, origin_host_s: float | None = None, performer_start_s: float = 0.0) -> None:
         self.performer = performer
@@ -93,9 +95,6 @@ class SimClock:
         self.performer_start_s = float(performer_start_s)
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], _Chunk] = OrderedDict()
-
-    _shared: "weakref.WeakKeyDictionary[Performer, SimClock]" = weakref.WeakKeyDictionary()
-    _shared_lock = threading.Lock()
 
     @classmethod
     def for_performer(cls, performer: Performer) -> "SimClock":
