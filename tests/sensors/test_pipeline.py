@@ -257,3 +257,20 @@ def test_the_demo_rig_knows_its_true_calibration() -> None:
     assert quat_angle(cal.bone_quats_world(measured), pose.site_quats_world).max() < 1e-6
     q_cw = np.array(rig.camera_model.quat_cam_from_world)
     assert quat_angle(cal.bone_quats_camera(measured), quat_mul(q_cw, pose.site_quats_world)).max() < 1e-6
+
+
+def test_it_can_be_started_again_after_a_stop() -> None:
+    before = set(threading.enumerate())
+    p = build_demo_pipeline(config=CONFIG)
+    q = p.subscribe(maxsize=200)
+    for run in range(2):
+        p.start()
+        try:
+            assert wait_until(lambda: q.qsize() >= 5)
+            assert p.stats().poses >= 5
+        finally:
+            p.stop()
+        items = drain(q)
+        assert items[0][0].frame_index == 0  # numbering restarts with each run
+    assert set(threading.enumerate()) - before == set()
+    assert all(d.state == DeviceState.STOPPED for d in p.devices())
