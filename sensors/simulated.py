@@ -407,6 +407,13 @@ class SimulatedCamera(_SimDevice):
         self.sim_config = config
         self._projected_src: _Chunk | None = None
         self._projected: tuple[np.ndarray, np.ndarray] = ()
+        self._out_of_view_until = -math.inf
+
+    def simulate_out_of_view(self, seconds: float) -> None:
+        """The person leaves the picture for ``seconds``: frames keep coming, with every
+        keypoint's confidence 0 (as a keypoint detector reports an empty frame)."""
+        with self._unplug_lock:
+            self._out_of_view_until = time.monotonic() + seconds
 
     def keypoints(self, joints_world_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Noiseless projection: ... x 17 x 3 world joints -> (... x 17 x 2 pixels, ... x 17 confidence)."""
@@ -423,6 +430,10 @@ class SimulatedCamera(_SimDevice):
             self._projected = self.keypoints(chunk.joints_world_m)  # C x 17 x 2, C x 17
             self._projected_src = chunk
         kp, conf = self._projected[0][i], self._projected[1][i]
+        with self._unplug_lock:
+            out_of_view = time.monotonic() < self._out_of_view_until
+        if out_of_view:
+            kp, conf = np.zeros_like(kp), np.zeros_like(conf)
         if c.pixel_noise_px > 0:
             kp = kp + self._rng.normal(0.0, c.pixel_noise_px, kp.shape)
         image = render_keypoints(kp, conf, self.camera.width_px, self.camera.height_px) if c.render_preview else None

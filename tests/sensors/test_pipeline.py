@@ -274,3 +274,19 @@ def test_it_can_be_started_again_after_a_stop() -> None:
         assert items[0][0].frame_index == 0  # numbering restarts with each run
     assert set(threading.enumerate()) - before == set()
     assert all(d.state == DeviceState.STOPPED for d in p.devices())
+
+
+def test_a_person_out_of_view_gives_frames_without_keypoints() -> None:
+    p = build_demo_pipeline(config=CONFIG)
+    q = p.subscribe(maxsize=300)
+    p.start()
+    try:
+        assert wait_until(lambda: q.qsize() >= 3)
+        p.demo.camera.simulate_out_of_view(0.4)
+        assert wait_until(lambda: p.latest()[0].keypoint_confidence.max() == 0.0, 2.0)
+        assert wait_until(lambda: p.latest()[0].keypoint_confidence.min() == 1.0, 3.0)
+    finally:
+        p.stop()
+    frames = [s for s, _ in drain(q) if s.camera_present]  # the camera itself never stopped
+    conf = np.array([s.keypoint_confidence.max() for s in frames])
+    assert (conf == 0).sum() >= 5 and conf[-1] == 1.0
