@@ -308,6 +308,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status_line.setText(self.status_panel.summary())
         if self.mode == ViewMode.LIVE:
             self._update_overlay()
+        recorder = self.record_panel.recorder
+        error = getattr(recorder, "error", None) if recorder is not None else None
+        if error and self.record_panel.state.value == "recording":  # the take stopped itself (disk full...)
+            self.record_panel.stop()
+            self.record_panel.state_label.setText(f"recording stopped: {error}")
+            self.statusBar().showMessage(f"Recording stopped: {error}", 15000)
 
     def inference_status(self) -> InferenceStatus:
         """Gathers the numbers shown in the inference panel (bridge timing + pipeline counters)."""

@@ -102,6 +102,10 @@ class RecordPanel(QtWidgets.QWidget):
         self.record_button.setEnabled(recorder is not None)
 
     @property
+    def recorder(self) -> Recorder | None:
+        return self._recorder
+
+    @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self._t0 if self.state == RecordState.RECORDING else 0.0
 

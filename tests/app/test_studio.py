@@ -191,6 +191,18 @@ def test_capture_workflow_record_browse_play_reexport(qtbot, studio, output_dir)
     assert text.startswith("HIERARCHY") and f"Frames: {int(np.all(np.isfinite(table.joints_m), axis=(1, 2)).sum())}" in text
     window.save_screenshot(output_dir / "6_reexported.png")
 
+    # a take whose folder vanishes while recording (drive unplugged): the window stops and says why
+    import shutil
+
+    window.record_panel.countdown_spin.setValue(0)
+    window.record_panel.name_edit.setText("doomed")
+    doomed = window.record_panel.start()
+    assert doomed is not None and window.record_panel.state.value == "recording"
+    shutil.rmtree(doomed)
+    qtbot.waitUntil(lambda: window.record_panel.state.value == "idle", timeout=10000)
+    assert "recording stopped" in window.record_panel.state_label.text()
+    assert any("recording stopped" in line for line in window.log_view.lines())
+
 
 def test_studio_command_line(capsys):
     from app.studio import main
