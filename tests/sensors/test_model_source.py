@@ -131,7 +131,8 @@ def test_missing_inputs_degrade_as_a_user_expects(rig) -> None:
     assert np.abs(imu_only.joints_world_m - partial.joints_world_m).max() > 0  # still moving
     # the same when frames arrive but the person is out of view (no keypoint seen)
     empty = dataclasses.replace(synced_at(rig, 5.08, index=2), keypoint_confidence=np.zeros(17))
-    assert not src.estimate(empty).camera_present and src.status == SourceStatus.IMU_ONLY
+    imu_only = src.estimate(empty)
+    assert not imu_only.camera_present and src.status == SourceStatus.IMU_ONLY
     steps += 1
     # everything lost: freeze, confidence 0, say why, do not step the model
     nothing = np.zeros(NUM_IMUS, bool)
