@@ -282,10 +282,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_pose, self._last_synced = pose, synced
         self._last_pose_time = time.monotonic()
         if self.mode == ViewMode.LIVE:
-            health, _ = input_health(pose)
-            if health != InputHealth.FROZEN:
+            health, detail = input_health(pose, synced)
+            if health != InputHealth.FROZEN:  # frozen: the last drawn pose stays
                 self.skeleton_view.set_pose(place_on_floor(pose.joints_world_m, pose.root_world_m),
-                                            dimmed=not pose.camera_present)
+                                            dimmed=health == InputHealth.DEGRADED and "IMUs (lower" in detail)
         self.keypoints_view.set_frame(synced.keypoints_px, synced.keypoint_confidence, synced.image_size_px,
                                       synced.image_bgr)
 
@@ -326,7 +326,7 @@ class MainWindow(QtWidgets.QMainWindow):
         pose = self._last_pose
         if pose is None:
             return InferenceStatus(backend=backend, dropped_frames=dropped)
-        health, detail = input_health(pose)
+        health, detail = input_health(pose, self._last_synced)
         age = time.monotonic() - (self._last_pose_time or 0.0)
         if age > FROZEN_AFTER_S and self._started:
             health, detail = InputHealth.FROZEN, f"no pose for {age:.0f} s: pose frozen (are the devices connected?)"

@@ -43,15 +43,28 @@ class InferenceStatus:
     confidence: float | None = None
 
 
-def input_health(pose) -> tuple[InputHealth, str]:  # pose: sensors.samples.PoseFrame
-    """What the latest PoseFrame's inputs say, in the words shown to the user."""
+#: below this mean keypoint confidence the camera sees nobody (frames still arrive)
+MIN_PERSON_CONFIDENCE = 0.1
+
+
+def input_health(pose, synced=None) -> tuple[InputHealth, str]:
+    """What the latest inputs say, in the words shown to the user.
+
+    ``pose``: the ``PoseFrame``; ``synced``: its ``SyncedFrame`` when known, to tell a lost camera
+    from a camera that sees nobody (frames arrive, every keypoint confidence near 0)."""
     imu = np.asarray(pose.imu_present, dtype=bool)
-    if not pose.camera_present and not imu.any():
+    camera_frames = bool(pose.camera_present)
+    person = camera_frames
+    if camera_frames and synced is not None and synced.keypoint_confidence is not None:
+        person = float(np.mean(synced.keypoint_confidence)) >= MIN_PERSON_CONFIDENCE
+    if not person and not imu.any():
         return InputHealth.FROZEN, "all inputs lost: pose frozen (check the camera and the IMUs)"
     missing = [IMU_SITE_NAMES[i].replace("_", " ") for i in np.flatnonzero(~imu)]
     parts = []
-    if not pose.camera_present:
+    if not camera_frames:
         parts.append("camera lost: running on the IMUs (lower confidence)")
+    elif not person:
+        parts.append("nobody in view: running on the IMUs (lower confidence)")
     if missing:
         parts.append("IMU missing: " + ", ".join(missing))
     if parts:

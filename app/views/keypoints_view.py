@@ -98,6 +98,10 @@ class KeypointsView(QtWidgets.QWidget):
             con[0::2] = ok
             con[1::2] = False
             curve.setData(np.nan_to_num(xy[0]), np.nan_to_num(xy[1]), connect=con)
+        if not seen.any():
+            self._message.setText("nobody in view")
+            self._message.setPos(self._size_px[0] / 2, self._size_px[1] / 2)
+            self._message.setVisible(True)
         brushes = [self._brushes_on[0] if s else self._faint for s in seen]
         pts = np.nan_to_num(kp, nan=-1e4)
         self._scatter.setData(pos=pts, brush=brushes)

@@ -137,6 +137,13 @@ def test_capture_workflow_record_browse_play_reexport(qtbot, studio, output_dir)
     window.save_screenshot(output_dir / "3_camera_lost.png")
     qtbot.waitUntil(lambda: window.inference_status().health == InputHealth.ALL, timeout=10000)
 
+    # the performer walks out of the picture: frames keep coming, with nobody in them
+    window.pipeline.demo.camera.simulate_out_of_view(1.5)
+    qtbot.waitUntil(lambda: "nobody in view" in window.inference_status().health_detail, timeout=5000)
+    assert window.skeleton_view._dimmed  # drawn translucent: lower confidence
+    window.save_screenshot(output_dir / "3b_nobody_in_view.png")
+    qtbot.waitUntil(lambda: window.inference_status().health == InputHealth.ALL, timeout=10000)
+
     # record 10 s with the keyboard shortcut (Ctrl+R), with a 1 s countdown
     window.record_panel.countdown_spin.setValue(1)
     window.record_panel.name_edit.setText("workflow take")

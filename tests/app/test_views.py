@@ -492,6 +492,15 @@ def test_input_health_names_what_is_missing():
     assert health == InputHealth.DEGRADED and "camera lost" in text and "IMU" in text
     health, text = input_health(pose(False, []))
     assert health == InputHealth.FROZEN and "frozen" in text
+    # frames arrive but nobody is in them (every keypoint confidence 0): not the same as a lost camera
+    from sensors.samples import SyncedFrame
+
+    empty = SyncedFrame(0, 0.0, np.zeros((17, 2)), np.zeros(17), (640, 480), np.zeros((6, 4)), np.zeros((6, 3)),
+                        np.ones(6, bool), 0.0)
+    health, text = input_health(pose(True, range(6)), empty)
+    assert health == InputHealth.DEGRADED and text.startswith("nobody in view")
+    health, text = input_health(pose(True, []), empty)
+    assert health == InputHealth.FROZEN
 
 
 def test_low_confidence_pose_is_drawn_translucent(qtbot, skeleton_view):
