@@ -103,7 +103,7 @@ class KeypointsView(QtWidgets.QWidget):
             self._message.setPos(self._size_px[0] / 2, self._size_px[1] / 2)
             self._message.setVisible(True)
         brushes = [self._brushes_on[0] if s else self._faint for s in seen]
-        pts = np.nan_to_num(kp, nan=-1e4)
+        pts = np.where((np.isfinite(kp).all(axis=1) & (conf > 0))[:, None], kp, -1e4)  # confidence 0: not drawn
         self._scatter.setData(pos=pts, brush=brushes)
 
     def set_missing(self, reason: str) -> None:
