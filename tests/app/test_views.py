@@ -515,3 +515,28 @@ def test_low_confidence_pose_is_drawn_translucent(qtbot, skeleton_view):
     assert np.abs(patch - blend).sum(axis=1).min() < 15
     skeleton_view.set_pose(joints, dimmed=False)
     assert colour_mask(render(qtbot, skeleton_view), LEFT_RGB).sum() > 300
+
+
+def test_keyboard_shortcuts_reach_the_window_actions(qtbot, tmp_path):
+    """Real key events: Ctrl+R starts the countdown and cancels it, F toggles follow-the-performer."""
+    from PySide6 import QtCore
+
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import StudioSettings, open_qsettings
+
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(tmp_path / "s.ini"))
+    qtbot.addWidget(window)
+    with qtbot.waitActive(window):
+        window.show()
+        window.activateWindow()
+    window.skeleton_view.gl_widget.setFocus()
+    window.record_panel.countdown_spin.setValue(3)
+    qtbot.keyClick(window.skeleton_view.gl_widget, QtCore.Qt.Key.Key_R, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert window.record_panel.state.value == "countdown"
+    assert window.record_panel.timer_label.text() == "-3"
+    qtbot.keyClick(window.skeleton_view.gl_widget, QtCore.Qt.Key.Key_R, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert window.record_panel.state.value == "idle" and "cancelled" in window.record_panel.state_label.text()
+    assert not window.skeleton_view.follow
+    qtbot.keyClick(window.skeleton_view.gl_widget, QtCore.Qt.Key.Key_F)
+    assert window.skeleton_view.follow and window.action_follow.isChecked()
+    window.close()
