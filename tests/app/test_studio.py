@@ -76,6 +76,7 @@ def test_demo_runs_and_the_3d_view_shows_the_moving_skeleton(qtbot, studio, outp
     assert joints1 is not None
     check_skeleton_pixels(studio, img1, joints1)
     studio.save_screenshot(output_dir / "studio_demo.png")
+    studio.skeleton_view.gl_widget.grabFramebuffer().save(str(output_dir / "gl_framebuffer.png"))
     frames = studio.bridge.stats().frames
     qtbot.waitUntil(lambda: studio.bridge.stats().frames >= frames + 15, timeout=10000)
     img2, joints2 = grab_with_joints(studio)
