@@ -16,7 +16,7 @@ import csv
 import hashlib
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +55,8 @@ def find_clips(data_dir: Path, split: str | None = None) -> list[ClipEntry]:
     else:
         files = sorted(p for p in data_dir.rglob("*") if p.name.lower().endswith((".bvh", ".bvh.gz")))
         entries = [ClipEntry(p) for p in files]
-    if split is not None:
-        entries = [e for e in entries if e.split == split or (not e.split and split in ("all", ""))] if split != "all" else entries
+    if split not in (None, "all"):
+        entries = [e for e in entries if e.split == split]
     if not entries:
         raise MotionFileError(f"{data_dir}: no BVH clips found" + (f" in split {split!r}" if split else ""))
     return entries
@@ -179,7 +179,6 @@ class EvalClip:
     sample: Sample
     noise: NoisePreset
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def clip_seed(seed: int, name: str) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from vimcan_core.bvh.reader import BvhMotion, read_bvh
 from vimcan_core.errors import MotionFileError
-from vimcan_core.rotations import matrix_to_quat, quat_conj, quat_mul, quat_normalize, quat_slerp
+from vimcan_core.rotations import matrix_to_quat, quat_normalize, quat_slerp
 from vimcan_core.skeleton import IMU_SITE_NAMES, JOINT_NAMES, Joint
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,6 @@ class NameMapping:
     joint_sources: tuple[tuple[int, ...], ...]  # 17 tuples of source joint indices
     imu_sources: tuple[int, ...]  # 6 source joint indices
     unit_scale: float | None = None
-    unmatched: tuple[str, ...] = field(default=())
 
 
 def normalize_name(name: str) -> str:
@@ -278,8 +277,4 @@ def retarget_file(path: str | Path, config: RetargetConfig = RetargetConfig()) -
     """Read a BVH file and retarget it (see ``retarget``)."""
     return retarget(read_bvh(path), config)
 
-
-def bone_quats_relative(bone_quats: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Re-express bone orientations relative to another reference pose: q(t) * conj(ref), ... x 4."""
-    return quat_normalize(quat_mul(bone_quats, quat_conj(reference)))
 

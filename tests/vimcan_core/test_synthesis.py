@@ -4,7 +4,6 @@ the virtual webcam, keypoints and augmentation, checked on real CMU motion."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ SOURCE_BONES = {0: ("lForeArm", "lHand"), 1: ("rForeArm", "rHand"), 2: ("lShin",
 
 
 @pytest.fixture(scope="module")
-def cmu(request) -> tuple[RetargetedClip, dict[int, np.ndarray]]:
+def cmu() -> tuple[RetargetedClip, dict[int, np.ndarray]]:
     """A real clip (02_05, 30 Hz) and the T-pose direction of each limb IMU's bone."""
     from tests.conftest import SHARED_DATA
 
