@@ -151,23 +151,20 @@ def backend_of(pipeline) -> str:
     return "none: no network runs (simulation)" if "ground truth" in name.lower() else (name or "–")
 
 
-def discover_devices(ble_timeout_s: float = 4.0) -> list[str]:
-    """Serial ports (probed) and BLE IMUs in range, one line each with the spec to use (blocks seconds)."""
+def discover_devices(ble_timeout_s: float = 4.0) -> list[tuple[str, str | None]]:
+    """Serial ports (probed) and BLE IMUs in range: ``(what it is, spec to use or None)`` each (blocks seconds)."""
     from sensors.discovery import list_serial_ports, probe_ports, scan_ble
 
-    lines = []
+    found: list[tuple[str, str | None]] = []
     for info in probe_ports(list_serial_ports()):
-        spec = info.suggested_spec
-        lines.append(f"{info.port}: {info.recognised_as}" + (f"  →  {spec}" if spec else ""))
+        found.append((f"{info.port}: {info.recognised_as}", info.suggested_spec))
     try:
         for dev in scan_ble(ble_timeout_s):
             name = getattr(dev, "name", None) or "BLE device"
-            address = getattr(dev, "address", "")
-            spec = getattr(dev, "spec", None)
-            lines.append(f"{name} {address}" + (f"  →  {spec}" if spec else ""))
+            found.append((f"{name} {getattr(dev, 'address', '')}".strip(), getattr(dev, "spec", None)))
     except VimcanError as exc:
-        lines.append(f"Bluetooth: {exc}")
-    return lines
+        found.append((f"Bluetooth: {exc}", None))
+    return found
 
 
 # ----------------------------------------------------------------------------- recording

@@ -92,6 +92,8 @@ class MainWindow(QtWidgets.QMainWindow):
         from app.live import discover_devices
 
         self.devices_panel = DevicesPanel(self._devices, discover=discover_devices)
+        self.devices_panel.use_specs.connect(
+            lambda specs: self.apply_settings(replace(self.settings, devices=tuple(specs))))
         self.status_panel = StatusPanel()
         self.record_panel = RecordPanel(self._make_recorder())
         self.record_panel.countdown_spin.setValue(self.settings.record_countdown_s)

@@ -38,13 +38,14 @@ class DevicesPanel(QtWidgets.QWidget):
     """A table of devices with connect / disconnect / discover buttons.
 
     ``devices`` is a callable returning the current devices (the pipeline's). ``discover``
-    (optional) searches serial ports and Bluetooth and returns one line per device found
-    (what it is and the spec to use); it blocks for seconds, so it runs in a worker thread and
-    its result comes back through ``discovered``.
+    (optional) searches serial ports and Bluetooth and returns ``(description, spec or None)``
+    per device found; it blocks for seconds, so it runs in a worker thread and its result comes
+    back through ``discovered``. "Use found sensors" emits ``use_specs`` with the specs found.
     """
 
     devices_changed = QtCore.Signal()
-    discovered = QtCore.Signal(list)  # lines describing what the search found
+    discovered = QtCore.Signal(list)  # [(description, spec | None)] of what the search found
+    use_specs = QtCore.Signal(list)  # the user chose these device specs for the next start
     _discover_failed = QtCore.Signal(str)
 
     def __init__(self, devices: Callable[[], Sequence[Device]], discover: Callable[[], object] | None = None,
@@ -94,6 +95,12 @@ class DevicesPanel(QtWidgets.QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.found_label)
         self.found_label.hide()
+        self.use_button = QtWidgets.QPushButton("Use found sensors")
+        self.use_button.setToolTip("Remember the sensors found; the studio connects them at the next start")
+        self.use_button.hide()
+        self.use_button.clicked.connect(lambda: self.use_specs.emit(list(self.found_specs)))
+        layout.addWidget(self.use_button)
+        self.found_specs: list[str] = []
         self._discover_thread: threading.Thread | None = None
         self.discovered.connect(self._show_found)
         self._discover_failed.connect(self._show_failed)
@@ -141,9 +148,12 @@ class DevicesPanel(QtWidgets.QWidget):
         self._discover_thread = threading.Thread(target=work, name="device-discovery", daemon=True)
         self._discover_thread.start()
 
-    def _show_found(self, lines: list) -> None:
+    def _show_found(self, found: list) -> None:
         self.discover_button.setEnabled(True)
+        lines = [f"{text}  →  {spec}" if spec else text for text, spec in found]
         self.found_label.setText("Found:\n" + "\n".join(lines) if lines else "no sensors found")
+        self.found_specs = [spec for _, spec in found if spec]
+        self.use_button.setVisible(bool(self.found_specs))
         for line in lines:
             log.info("discovered: %s", line)
 

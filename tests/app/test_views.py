@@ -560,3 +560,35 @@ def test_keyboard_shortcuts_reach_the_window_actions(qtbot, tmp_path):
     qtbot.keyClick(window.skeleton_view.gl_widget, QtCore.Qt.Key.Key_F)
     assert window.skeleton_view.follow and window.action_follow.isChecked()
     window.close()
+
+
+def test_discovery_runs_in_a_worker_and_found_sensors_are_kept_for_the_next_start(qtbot, tmp_path):
+    """The search blocks for seconds, so it runs off the UI thread; what it finds can be used."""
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import StudioSettings, load_settings, open_qsettings
+
+    ini = tmp_path / "s.ini"
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(ini))
+    qtbot.addWidget(window)
+    release = threading.Event()
+    ui_thread = threading.get_ident()
+    seen_thread: list[int] = []
+
+    def search():  # stands in for the serial/BLE scan (the lowest layer: hardware)
+        seen_thread.append(threading.get_ident())
+        release.wait(5.0)
+        return [("/dev/ttyUSB0: WitMotion IMU at 115200 baud", "witmotion:/dev/ttyUSB0@115200"),
+                ("/dev/ttyS0: unknown serial port", None)]
+
+    window.devices_panel._discover = search
+    window.devices_panel.discover_button.setEnabled(True)
+    window.devices_panel.discover_button.click()
+    assert not window.devices_panel.discover_button.isEnabled()  # the UI returned at once, search running
+    assert "searching" in window.devices_panel.found_label.text()
+    release.set()
+    qtbot.waitUntil(lambda: not window.devices_panel.use_button.isHidden(), timeout=5000)  # window not shown
+    assert seen_thread and seen_thread[0] != ui_thread
+    assert "witmotion:/dev/ttyUSB0@115200" in window.devices_panel.found_label.text()
+    window.devices_panel.use_button.click()
+    assert load_settings(open_qsettings(ini)).devices == ("witmotion:/dev/ttyUSB0@115200",)
+    window.close()
