@@ -132,15 +132,15 @@ def _start_virtual_display():
 
 def _run(args: argparse.Namespace, headless: bool) -> int:
     configure_qt_application()
-    from PySide6 import QtWidgets
-
     from dataclasses import replace
+
+    from PySide6 import QtWidgets
 
     from app.live import uses_hardware
     from app.main_window import MainWindow, StudioOptions
     from app.settings import load_settings, open_qsettings
-    from vimcan_core.errors import VimcanError
     from app.views.palette import apply_dark_theme
+    from vimcan_core.errors import VimcanError
 
     qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     qapp.setApplicationName("VIMCAN Studio")
@@ -155,8 +155,10 @@ def _run(args: argparse.Namespace, headless: bool) -> int:
     demo = args.demo or not uses_hardware(settings)
     if not demo:
         log.info("live devices: %s, camera %r", ", ".join(settings.devices), settings.camera or "none")
+    # a headless run reads the user's settings but never writes them (its takes go to --out)
+    keep = qsettings if (not headless or args.settings is not None) else None
     try:
-        window = MainWindow(StudioOptions(demo=demo), settings=settings, qsettings=qsettings)
+        window = MainWindow(StudioOptions(demo=demo), settings=settings, qsettings=keep)
     except VimcanError as exc:
         print(f"vimcan-studio: {exc}", file=sys.stderr)
         return 1
