@@ -13,7 +13,8 @@ TORCH_VERSION=2.13.0
 # Debian packages that Qt's xcb platform, OpenGL under Xvfb and the tests need.
 APT_PACKAGES=(xvfb libgl1 libegl1 libgl1-mesa-dri libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
   libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0
-  libxcb-randr0 libxcb-xfixes0 libfontconfig1 libdbus-1-3 xauth)
+  libxcb-randr0 libxcb-xfixes0 libfontconfig1 libdbus-1-3 xauth
+  gcc libgomp1)  # gcc: the fused CPU selective-scan kernel is compiled on first use (optional, falls back)
 APT_TEST_PACKAGES=(blender)
 
 say() { printf '\033[1m[vimcan]\033[0m %s\n' "$*"; }
