@@ -1,0 +1,259 @@
+"""The VIMCAN network: sizes, input handling, streaming = causal, ablations, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU two threads are several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+from vimcan_core.errors import CheckpointError, InputShapeError, VimcanError
+from vimcan_core.losses import vimcan_loss
+from vimcan_core.model import FusionMode, Vimcan, VimcanConfig, preset
+from vimcan_core.model.checkpoint import load_checkpoint, save_checkpoint
+from vimcan_core.skeleton import Joint
+
+#: a small model with every component of the real one (fast to build and run)
+SMALL = dict(embed_dim=16, fused_dim=24, num_skeleton_layers=2, d_state=4, mlp_ratio=2.0)
+
+
+def _inputs(B: int = 2, T: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    kp = torch.rand(B, T, 17, 3, generator=g) * 2 - 1
+    kp[..., 2] = torch.rand(B, T, 17, generator=g) * 0.5 + 0.5
+    q = torch.randn(B, T, 6, 4, generator=g)
+    q = q / q.norm(dim=-1, keepdim=True)
+    valid = torch.ones(B, T, 6, dtype=torch.bool)
+    return kp, q, valid
+
+
+def _model(**kw) -> Vimcan:
+    torch.manual_seed(0)
+    return Vimcan(preset("vimcan-t", **{**SMALL, **kw})).eval()
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, paper_millions", [("vimcan-t", 3.9), ("vimcan-b", 12.3)])
+def test_preset_sizes_match_the_paper(name: str, paper_millions: float) -> None:
+    n = _count(Vimcan(preset(name)))
+    assert abs(n / 1e6 - paper_millions) / paper_millions < 0.10, n
+
+
+def test_mamba_initialisation() -> None:
+    model = _model()
+    mixer = model.part_layer.temporal.mixer
+    n = model.config.d_state
+    assert torch.allclose(-torch.exp(mixer.A_log), -torch.arange(1, n + 1.0).expand_as(mixer.A_log))
+    assert torch.all(mixer.D == 1.0)
+    dt = torch.nn.functional.softplus(mixer.dt_bias)
+    assert dt.min() >= 0.001 - 1e-6 and dt.max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("T", [1, 2, 9])
+def test_output_shape_root_relative_and_finite(T: int) -> None:
+    kp, q, valid = _inputs(T=T)
+    out = _model()(kp, q, valid)
+    assert out.shape == (2, T, 17, 3)
+    assert torch.isfinite(out).all()
+    assert torch.all(out[:, :, Joint.PELVIS] == 0)
+
+
+def test_two_channel_keypoints_mean_confidence_one() -> None:
+    kp, q, valid = _inputs()
+    kp[..., 2] = 1.0
+    model = _model()
+    assert torch.allclose(model(kp[..., :2], q, valid), model(kp, q, valid))
+
+
+def test_zero_confidence_joints_ignore_their_xy() -> None:
+    kp, q, valid = _inputs()
+    model = _model()
+    kp[0, 3, Joint.LEFT_WRIST, 2] = 0.0
+    base = model(kp, q, valid)
+    moved = kp.clone()
+    moved[0, 3, Joint.LEFT_WRIST, :2] = torch.tensor([5.0, -7.0])
+    assert torch.allclose(model(moved, q, valid), base)
+    moved[0, 3, Joint.LEFT_WRIST, :2] = float("nan")  # NaN is fine where confidence is 0
+    assert torch.allclose(model(moved, q, valid), base)
+    # with confidence > 0 the same move changes the output
+    kp[0, 3, Joint.LEFT_WRIST, 2] = 1.0
+    moved[0, 3, Joint.LEFT_WRIST] = torch.tensor([5.0, -7.0, 1.0])
+    assert (model(moved, q, valid) - model(kp, q, valid)).abs().max() > 1e-6
+
+
+def test_missing_imus_use_the_missing_token() -> None:
+    kp, q, valid = _inputs()
+    model = _model()
+    valid[1, 2:5, 3] = False
+    base = model(kp, q, valid)
+    other = q.clone()
+    other[1, 2:5, 3] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # garbage where invalid: ignored
+    assert torch.allclose(model(kp, other, valid), base)
+    # marking them valid again changes the result
+    assert (model(kp, q, torch.ones_like(valid)) - base).abs().max() > 1e-6
+
+
+def test_quaternion_sign_does_not_matter() -> None:
+    kp, q, valid = _inputs()
+    model = _model()
+    assert torch.allclose(model(kp, -q, valid), model(kp, q, valid), atol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    kp, q, valid = _inputs()
+    model = _model()
+    with pytest.raises(InputShapeError, match=r"B x T x 17 x 3"):
+        model(kp[:, :, :16], q, valid)
+    with pytest.raises(InputShapeError, match=r"B x T x 6 x 4"):
+        model(kp, q[:, :, :5], valid)
+    with pytest.raises(InputShapeError, match=r"imu_valid"):
+        model(kp, q, valid[:, :3])
+    bad = kp.clone()
+    bad[1, 4, Joint.RIGHT_KNEE, 0] = float("nan")
+    with pytest.raises(InputShapeError, match=r"batch 1, frame 4, right_knee"):
+        model(bad, q, valid)
+    bad_q = q.clone()
+    bad_q[0, 2, 4] *= 2.0
+    with pytest.raises(InputShapeError, match=r"batch 0, frame 2, head"):
+        model(kp, bad_q, valid)
+    bad_q = q.clone()
+    bad_q[0, 5, 1] = float("nan")
+    with pytest.raises(InputShapeError, match=r"frame 5, right_forearm"):
+        model(kp, bad_q, valid)
+    valid[0, 5, 1] = False  # the same NaN on a sensor marked missing is accepted
+    assert torch.isfinite(model(kp, bad_q, valid)).all()
+
+
+def test_streaming_step_equals_causal_forward() -> None:
+    model = _model(streaming=True)
+    kp, q, valid = _inputs(B=2, T=12)
+    valid[0, 3:6, 2] = False
+    kp[1, 7, 5, 2] = 0.0
+    with torch.no_grad():
+        full = model(kp, q, valid)
+        state = model.init_state(2)
+        steps = []
+        for t in range(12):
+            out, state = model.step(kp[:, t], q[:, t], valid[:, t], state)
+            steps.append(out)
+    assert (torch.stack(steps, 1) - full).abs().max() < 1e-4
+
+
+def test_streaming_model_is_causal_and_offline_model_is_not() -> None:
+    kp, q, valid = _inputs(T=10)
+    later = kp.clone()
+    later[:, 6:, :, :2] += 0.5  # change only the future
+    causal = _model(streaming=True)
+    assert torch.allclose(causal(later, q, valid)[:, :6], causal(kp, q, valid)[:, :6], atol=1e-6)
+    offline = _model()
+    assert (offline(later, q, valid)[:, :6] - offline(kp, q, valid)[:, :6]).abs().max() > 1e-5
+    with pytest.raises(VimcanError, match="streaming"):
+        offline.init_state(1)
+
+
+@pytest.mark.parametrize("fusion", list(FusionMode), ids=lambda f: f.value)
+@pytest.mark.parametrize("groups", [0, 3, 5])
+def test_ablations_run(fusion: FusionMode, groups: int) -> None:
+    model = _model(fusion=fusion, groups=groups, skeleton_order=groups != 3)
+    kp, q, valid = _inputs(T=3)
+    out = model(kp, q, valid)
+    assert out.shape == (2, 3, 17, 3) and torch.isfinite(out).all()
+    changed = model(kp, torch.roll(q, 1, dims=2), valid)
+    if fusion.value.startswith("vision"):
+        assert torch.equal(changed, out)  # the IMUs are not used
+        assert model.inertial_embed is None
+    else:
+        assert (changed - out).abs().max() > 1e-7
+
+
+def test_skeleton_order_switch_changes_the_model() -> None:
+    kp, q, valid = _inputs(T=3)
+    a = _model(skeleton_order=True)
+    b = _model(skeleton_order=False)
+    b.load_state_dict(a.state_dict())  # same weights, only the scan order differs
+    assert (a(kp, q, valid) - b(kp, q, valid)).abs().max() > 1e-6
+
+
+def test_a_small_model_learns() -> None:
+    """A few Adam steps on one batch lower the paper's loss a lot (gradients flow end to end)."""
+    torch.manual_seed(0)
+    model = Vimcan(preset("vimcan-t", **SMALL)).train()
+    kp, q, valid = _inputs(B=2, T=8)
+    pose = torch.randn(2, 1, 17, 3, generator=torch.Generator().manual_seed(1)) * 0.2
+    target = (pose - pose[:, :, :1]).expand(2, 8, 17, 3)  # one still pose per sequence
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = vimcan_loss(model(kp, q, valid), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = preset("vimcan-b", fusion=FusionMode.CROSS_MAMBA, groups=3, streaming=True)
+    assert VimcanConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(VimcanError, match="groups"):
+        VimcanConfig(groups=4)
+    with pytest.raises(VimcanError, match="unknown model preset"):
+        preset("vimcan-xl")
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    model = _model(streaming=True)
+    kp, q, valid = _inputs()
+    path = save_checkpoint(tmp_path / "m.pt", model, {"epoch": 3, "mpjpe_mm": 41.5})
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"epoch": 3, "mpjpe_mm": 41.5}
+    assert loaded.config == model.config
+    assert torch.equal(loaded(kp, q, valid), model(kp, q, valid))
+    half = save_checkpoint(tmp_path / "h.pt", model, half=True)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    loaded_half, _ = load_checkpoint(half)
+    assert (loaded_half(kp, q, valid) - model(kp, q, valid)).abs().max() < 1e-2
+    with pytest.raises(CheckpointError, match="JSON"):
+        save_checkpoint(tmp_path / "x.pt", model, {"bad": object()})
+
+
+def test_bad_checkpoints_name_the_path(tmp_path) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt.pt"):
+        load_checkpoint(corrupt)
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # weights that do not fit the stored config
+    model = _model()
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["fused_dim"] = 32
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="mismatch.pt"):
+        load_checkpoint(tmp_path / "mismatch.pt")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_package_import_builds_nothing() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import vimcan_core.model as m; from vimcan_core.model import preset, VimcanConfig; "
+            "assert 'torch' not in sys.modules, 'config import pulled in torch'; "
+            "m.Vimcan; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
