@@ -329,6 +329,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if pose is None:
             return InferenceStatus(backend=backend, dropped_frames=dropped)
         health, detail = input_health(pose, self._last_synced)
+        source_says = getattr(self.pipeline.pose_source, "status_message", None)  # the model stage's own words
+        if health != InputHealth.ALL and source_says:
+            detail = f"{detail} ({source_says})" if health != InputHealth.FROZEN else source_says
         age = time.monotonic() - (self._last_pose_time or 0.0)
         if age > FROZEN_AFTER_S and self._started:
             health, detail = InputHealth.FROZEN, f"no pose for {age:.0f} s: pose frozen (are the devices connected?)"
