@@ -51,6 +51,24 @@ def test_preset_sizes_match_the_paper(name: str, paper_millions: float) -> None:
     assert abs(n / 1e6 - paper_millions) / paper_millions < 0.10, n
 
 
+def test_parameter_breakdown_sums_to_the_total() -> None:
+    model = _model()
+    parts = model.parameter_breakdown()
+    assert sum(parts.values()) == _count(model)
+    assert all(v > 0 for v in parts.values())
+    assert _model(fusion=FusionMode.VISION_ONLY).parameter_breakdown()["inertial embedding"] == 0
+
+
+def test_model_info_command_prints_the_total(capsys) -> None:
+    from app.cli import main
+
+    assert main(["model-info", "vimcan-t", "--fused-dim", "24", "--streaming"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    cfg = preset("vimcan-t", fused_dim=24, streaming=True)
+    assert lines[-1] == f"total parameters: {_count(Vimcan(cfg))}"
+    assert any(line.startswith("part-aware STMamba") for line in lines)
+
+
 def test_mamba_initialisation() -> None:
     model = _model()
     mixer = model.part_layer.temporal.mixer

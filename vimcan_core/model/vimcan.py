@@ -138,6 +138,21 @@ class Vimcan(nn.Module):
         """Every STMamba in the order the data flows (and the order of the streaming state)."""
         return [*self.visual_layers, *self.inertial_layers, self.part_layer, *self.skeleton_layers]
 
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Parameters per component, in the order the data flows; the values sum to the total."""
+        groups = {
+            "visual embedding": [self.visual_embed],
+            "visual STMamba": [self.visual_layers],
+            "inertial embedding": [self.inertial_embed] if self.inertial_embed is not None else [],
+            "inertial part-aware STMamba": [self.inertial_layers],
+            f"fusion ({self.config.fusion.value})": [m for m in (self.imu_to_visual, self.fusion) if m is not None],
+            "lift De -> Dg": [self.lift],
+            "part-aware STMamba": [self.part_layer],
+            f"skeleton-aware STMamba x {len(self.skeleton_layers)}": [self.skeleton_layers],
+            "regression head": [self.head_norm, self.head],
+        }
+        return {name: sum(p.numel() for m in mods for p in m.parameters()) for name, mods in groups.items()}
+
     def set_scan_backend(self, backend: ScanBackend) -> None:
         """Run every selective scan with ``backend`` (default AUTO)."""
         for m in self.modules():
