@@ -267,6 +267,22 @@ def test_bad_checkpoints_name_the_path(tmp_path) -> None:
         load_checkpoint(tmp_path / "other.pt")
 
 
+def test_transformer_baseline_same_interface() -> None:
+    from vimcan_core.model.transformer_baseline import TransformerBaseline
+
+    torch.manual_seed(0)
+    model = TransformerBaseline(preset("vimcan-t", **SMALL)).eval()
+    kp, q, valid = _inputs(T=5)
+    out = model(kp, q, valid)
+    assert out.shape == (2, 5, 17, 3) and torch.all(out[:, :, 0] == 0)
+    # full temporal attention: a change in the last frame reaches the first
+    later = kp.clone()
+    later[:, -1, :, :2] += 0.5
+    assert (model(later, q, valid)[:, 0] - out[:, 0]).abs().max() > 1e-6
+    with pytest.raises(InputShapeError):
+        model(kp[:, :, :5], q, valid)
+
+
 def test_package_import_builds_nothing() -> None:
     import subprocess
     import sys
