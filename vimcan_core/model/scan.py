@@ -183,9 +183,11 @@ def selective_scan(
     else:
         Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
         Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
-        h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
-        fn = scan_cpu.KernelScan if chosen is ScanBackend.CPU_KERNEL else _ChunkedScan
-        y, last = fn.apply(u, delta, A, Bg, Cg, h0)
+        if chosen is ScanBackend.CPU_KERNEL:  # no zero state or unused last state materialised
+            y, last = scan_cpu.KernelScan.apply(u, delta, A, Bg, Cg, initial_state, return_last_state)
+        else:
+            h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
+            y, last = _ChunkedScan.apply(u, delta, A, Bg, Cg, h0)
     if D is not None:
         y = y + u * D[:, None]
     if z is not None:

@@ -49,7 +49,7 @@ void vscan_fwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* 
         const REAL* ur = u + row * l;
         const REAL* dr = delta + row * l;
         REAL h[MAXN];
-        for (long k = 0; k < n; k++) h[k] = h0[row * n + k];
+        for (long k = 0; k < n; k++) h[k] = h0 ? h0[row * n + k] : 0;
         for (long t = 0; t < l; t++) {
             REAL dt = dr[t], du = dt * ur[t], acc = 0;
             const REAL* Bq = Bb + t * n;
@@ -61,11 +61,13 @@ void vscan_fwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* 
             }
             y[row * l + t] = acc;
         }
-        for (long k = 0; k < n; k++) last[row * n + k] = h[k];
+        if (last)
+            for (long k = 0; k < n; k++) last[row * n + k] = h[k];
     }
 }
 
-/* gA, gBt, gCt must be zeroed by the caller; glast may be NULL. */
+/* gA, gBt, gCt must be zeroed by the caller; h0, glast and gh0 may be NULL (zero state, no
+   gradient into the last state, initial state gradient not wanted). */
 void vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* Bt, const REAL* Ct,
                    const REAL* h0, const REAL* gy, const REAL* glast,
                    REAL* gu, REAL* gdelta, REAL* gA, REAL* gBt, REAL* gCt, REAL* gh0,
@@ -92,8 +94,8 @@ void vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* 
                 const REAL* Ad = A + di * n;
                 const REAL* ur = u + row * l;
                 const REAL* dr = delta + row * l;
-                const REAL* h0r = h0 + row * n;
-                REAL h[MAXN], gh[MAXN];
+                REAL h[MAXN], gh[MAXN], h0r[MAXN];
+                for (long k = 0; k < n; k++) h0r[k] = h0 ? h0[row * n + k] : 0;
                 for (long k = 0; k < n; k++) h[k] = h0r[k];
                 for (long t = 0; t < l; t++) {  /* recompute the states */
                     REAL dt = dr[t], du = dt * ur[t];
@@ -132,7 +134,8 @@ void vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* 
                     gdelta[row * l + t] = gdA_A + gdu * ut;
                     gu[row * l + t] = gdu * dt;
                 }
-                for (long k = 0; k < n; k++) gh0[row * n + k] = gh[k];
+                if (gh0)
+                    for (long k = 0; k < n; k++) gh0[row * n + k] = gh[k];
             }
         }
         free(hs);
@@ -214,39 +217,45 @@ class KernelScan(torch.autograd.Function):
     """The scan through the C kernel; inputs as ``scan._ChunkedScan``."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor):  # noqa: D401
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None,
+                want_last: bool = True):  # noqa: D401
+        """h0 None: zero initial state; want_last False: ``last`` comes back empty (not computed)."""
         lib = load_kernel()
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
-        u, delta, A, h0 = (t.contiguous() for t in (u, delta, A, h0))
+        u, delta, A = (t.contiguous() for t in (u, delta, A))
+        h0 = None if h0 is None else h0.contiguous()
         Bt = B.transpose(-1, -2).contiguous()  # b x g x l x n
         Ct = C.transpose(-1, -2).contiguous()
         y = torch.empty_like(u)
-        last = u.new_empty(b, d, n)
+        last = u.new_empty(b, d, n) if want_last else u.new_empty(0)
         suf = "f32" if u.dtype == torch.float32 else "f64"
         getattr(lib, f"vscan_fwd_{suf}")(
-            _ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(h0), _ptr(y), _ptr(last),
+            _ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(h0), _ptr(y), _ptr(last) if want_last else None,
             b, d, l, n, g, torch.get_num_threads(),
         )
-        ctx.save_for_backward(u, delta, A, Bt, Ct, h0)
+        ctx.has_h0 = h0 is not None
+        ctx.save_for_backward(u, delta, A, Bt, Ct, h0 if h0 is not None else u.new_empty(0))
         return y, last
 
     @staticmethod
     def backward(ctx, gy: Tensor, glast: Tensor):
         lib = load_kernel()
         u, delta, A, Bt, Ct, h0 = ctx.saved_tensors
+        h0 = h0 if ctx.has_h0 else None
         b, d, l = u.shape
         g, n = Bt.shape[1], Bt.shape[3]
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-        glast = None if glast is None else glast.contiguous()
+        glast = None if glast is None or glast.numel() == 0 else glast.contiguous()
         gu, gdelta = torch.empty_like(u), torch.empty_like(u)
         gA = torch.zeros_like(A)
         gBt, gCt = torch.zeros_like(Bt), torch.zeros_like(Ct)
-        gh0 = torch.empty_like(h0)
+        want_gh0 = h0 is not None and ctx.needs_input_grad[5]
+        gh0 = torch.empty_like(h0) if want_gh0 else None
         suf = "f32" if u.dtype == torch.float32 else "f64"
         getattr(lib, f"vscan_bwd_{suf}")(
             _ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(h0), _ptr(gy), _ptr(glast),
             _ptr(gu), _ptr(gdelta), _ptr(gA), _ptr(gBt), _ptr(gCt), _ptr(gh0),
             b, d, l, n, g, torch.get_num_threads(),
         )
-        return gu, gdelta, gA, gBt.transpose(-1, -2), gCt.transpose(-1, -2), gh0
+        return gu, gdelta, gA, gBt.transpose(-1, -2), gCt.transpose(-1, -2), gh0, None
