@@ -17,7 +17,9 @@ Measures, and prints as JSON (also written to ``--out``):
 * ``baseline_ground_truth``: the same demo with the simulation's ground truth as the pose
   stage: what the devices, synchroniser and fan-out cost by themselves.
 * ``unthrottled``: the pose stage alone (input conversion, one model step, output transform)
-  on recorded demo frames, as fast as it goes: poses per second and ms per pose.
+  on recorded demo frames, as fast as it goes: poses per second and ms per pose; and the
+  accuracy of the model on those frames against the performer's ground truth (MPJPE and
+  P-MPJPE, root-relative, mm).
 * ``mediapipe``: a real video file as the camera (MediaPipe keypoints, realtime playback,
   looped) with the simulated IMUs and the model: poses per second, drops and latency.
 
@@ -144,23 +146,35 @@ def run_live(pipeline: CapturePipeline, seconds: float, warmup_s: float = 3.0) -
     }
 
 
-def run_unthrottled(source: ModelPoseSource, n_frames: int, seed: int) -> dict:
+def run_unthrottled(source: ModelPoseSource, n_frames: int, seed: int, record_frames: int = 300) -> dict:
     """Record demo frames with the ground truth, then push them through the model stage flat out."""
     recorder = build_demo_pipeline(config=DemoConfig(seed=seed))
     q = recorder.subscribe(maxsize=4096)
     recorder.start()
     try:
         deadline = time.monotonic() + 60.0
-        while q.qsize() < min(n_frames, 90) and time.monotonic() < deadline:
+        while q.qsize() < record_frames and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         recorder.stop()
-    frames = []
+    frames, truth = [], []
     while not q.empty():
-        frames.append(q.get_nowait()[0])
+        synced, pose = q.get_nowait()
+        frames.append(synced)
+        truth.append(pose.joints_world_m)
     if not frames:
         return {"error": "no frames recorded"}
     source.set_calibration(recorder.demo.true_calibration(), camera=recorder.demo.camera_model)
+    # accuracy on the demo: one pass over the recorded frames, in order, from a fresh state
+    source.reset()
+    predicted = np.array([source.estimate(f).joints_world_m for f in frames])
+    truth_arr = np.array(truth)
+    from vimcan_core.metrics import mpjpe_mm, p_mpjpe_mm
+
+    skip = min(10, len(frames) // 3)  # the first frames warm the streaming state up
+    accuracy = {"frames": len(frames) - skip,
+                "mpjpe_mm": round(mpjpe_mm(predicted[skip:], truth_arr[skip:]), 1),
+                "p_mpjpe_mm": round(p_mpjpe_mm(predicted[skip:], truth_arr[skip:]), 1)}
     source.reset()
     for f in frames[:10]:  # warm-up
         source.estimate(f)
@@ -168,13 +182,15 @@ def run_unthrottled(source: ModelPoseSource, n_frames: int, seed: int) -> dict:
     for k in range(n_frames):
         source.estimate(frames[k % len(frames)])
     elapsed = time.perf_counter() - t0
-    return {"poses": n_frames, "poses_per_s": round(n_frames / elapsed, 2), "ms_per_pose": round(1e3 * elapsed / n_frames, 3)}
+    return {"poses": n_frames, "poses_per_s": round(n_frames / elapsed, 2), "ms_per_pose": round(1e3 * elapsed / n_frames, 3),
+            "demo_accuracy_vs_ground_truth": accuracy}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=30.0, help="length of the realtime run (600 for the memory soak)")
     p.add_argument("--unthrottled-frames", type=int, default=300)
+    p.add_argument("--record-frames", type=int, default=300, help="demo frames recorded for the unthrottled and accuracy runs")
     p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" not in args.skip:  # the pipeline's own cost: simulated devices, sync, fan-out
         result["baseline_ground_truth"] = run_live(build_demo_pipeline(), args.baseline_seconds)
     if "unthrottled" not in args.skip:
-        result["unthrottled"] = run_unthrottled(source, args.unthrottled_frames, seed=1)
+        result["unthrottled"] = run_unthrottled(source, args.unthrottled_frames, seed=1, record_frames=args.record_frames)
     if "realtime" not in args.skip:
         source.calibration = None  # the demo sets its own
         pipeline = build_demo_pipeline(pose_source=source if args.realtime_source == "model" else None)
