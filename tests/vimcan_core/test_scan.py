@@ -146,3 +146,12 @@ def test_cuda_matches_reference(backend) -> None:
     assert _rel_err(fast[0].cpu(), ref[0]) < 1e-4
     for name, g_ref in ref[2].items():
         assert _rel_err(fast[2][name].cpu(), g_ref) < 1e-3, name
+
+
+def test_auto_picks_the_cpu_kernel_when_it_builds() -> None:
+    from vimcan_core.model.scan import resolve_backend
+
+    expected = ScanBackend.CPU_KERNEL if scan_cpu.load_kernel() is not None else ScanBackend.CHUNKED
+    assert resolve_backend(ScanBackend.AUTO, torch.device("cpu")) is expected
+    # the kernel takes no half precision: AUTO falls back to the chunked scan
+    assert resolve_backend(ScanBackend.AUTO, torch.device("cpu"), dtype=torch.bfloat16) is ScanBackend.CHUNKED

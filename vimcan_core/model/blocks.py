@@ -199,7 +199,7 @@ class STMamba(nn.Module):
         self.num_tokens = num_tokens
         self.identity_order = len(segments) == 1 and order == list(range(num_tokens))
         # segments grouped by length; each group becomes one batch of sequences
-        lengths = sorted({len(s) for s in segments}, key=lambda n: [len(s) for s in segments].index(n))
+        lengths = list(dict.fromkeys(len(s) for s in segments))  # distinct, in order of appearance
         self._group_lengths = tuple(lengths)
         group_order: list[int] = []
         for i, length in enumerate(lengths):
