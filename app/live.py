@@ -141,6 +141,17 @@ def camera_model_of(pipeline):
     return model
 
 
+def model_of(pipeline, settings: StudioSettings) -> str:
+    """Which network runs, for the status panel: weights file and size, or why none runs."""
+    source = getattr(pipeline, "pose_source", None)
+    model = getattr(getattr(source, "estimator", None), "model", None)
+    if model is None:
+        return "none (simulation ground truth)"
+    n = sum(p.numel() for p in model.parameters())
+    mode = "streaming" if getattr(getattr(model, "config", None), "streaming", False) else "bidirectional"
+    return f"{weights_path(settings).name} ({mode}, {n / 1e3:.0f}k parameters)"
+
+
 def backend_of(pipeline) -> str:
     """Where the pose source runs, for the status panel ("cpu", "cuda:0 (mamba_ssm)", or why none)."""
     source = getattr(pipeline, "pose_source", None)

@@ -68,6 +68,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_pose_time = None
         self._started = False
         self._docks: dict[str, QtWidgets.QDockWidget] = {}
+        self._model_text: tuple[object, str] = (None, "–")
         self.setWindowTitle("VIMCAN Studio" + (" — demo" if options.demo else ""))
         icon = ICONS / "vimcan.svg"
         if icon.exists():
@@ -322,12 +323,16 @@ class MainWindow(QtWidgets.QMainWindow):
         b = self.bridge.stats()
         pstats = self.pipeline.stats() if self.pipeline is not None else None
         dropped = int(pstats.frames_dropped) if pstats is not None else 0
-        from app.live import backend_of
+        from app.live import backend_of, model_of
 
         backend = backend_of(self.pipeline)
+        source = self.pipeline.pose_source
+        if self._model_text[0] is not source:  # counting parameters once per pose source
+            self._model_text = (source, model_of(self.pipeline, self.settings))
+        model = self._model_text[1]
         pose = self._last_pose
         if pose is None:
-            return InferenceStatus(backend=backend, dropped_frames=dropped)
+            return InferenceStatus(backend=backend, model=model, dropped_frames=dropped)
         health, detail = input_health(pose, self._last_synced)
         source_says = getattr(self.pipeline.pose_source, "status_message", None)  # the model stage's own words
         if health != InputHealth.ALL and source_says:
@@ -337,7 +342,7 @@ class MainWindow(QtWidgets.QMainWindow):
             health, detail = InputHealth.FROZEN, f"no pose for {age:.0f} s: pose frozen (are the devices connected?)"
         is_model = "ground truth" not in pose.source.lower()
         return InferenceStatus(
-            source=pose.source, is_model=is_model, backend=backend, poses_per_s=b.poses_per_s,
+            source=pose.source, is_model=is_model, backend=backend, model=model, poses_per_s=b.poses_per_s,
             latency_median_ms=b.latency_median_ms, latency_p95_ms=b.latency_p95_ms, dropped_frames=dropped,
             ui_skipped_frames=b.gaps,
             health=health, health_detail=detail, confidence=float(pose.confidence),

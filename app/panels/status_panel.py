@@ -32,7 +32,8 @@ class InferenceStatus:
 
     source: str = "no pose source"  # PoseFrame.source, e.g. "simulation ground truth"
     is_model: bool = False  # True when a network produces the pose
-    backend: str = "–"  # e.g. "cpu, torch 2.13" or "cuda:0, mamba_ssm"
+    backend: str = "–"  # e.g. "cpu / fused C kernel" or "cuda / mamba_ssm"
+    model: str = "–"  # e.g. "vimcan-t-streaming.pt (streaming, 246k parameters)"
     poses_per_s: float = 0.0
     latency_median_ms: float | None = None
     latency_p95_ms: float | None = None
@@ -89,7 +90,7 @@ class StatusPanel(QtWidgets.QWidget):
         self._values: dict[str, QtWidgets.QLabel] = {}
         form = QtWidgets.QFormLayout()
         form.setHorizontalSpacing(14)
-        for key, title in (("backend", "Backend"), ("rate", "Poses / s"), ("latency", "Latency"),
+        for key, title in (("model", "Model"), ("backend", "Backend"), ("rate", "Poses / s"), ("latency", "Latency"),
                            ("dropped", "Dropped frames"), ("inputs", "Inputs")):
             label = QtWidgets.QLabel("–")
             label.setWordWrap(True)
@@ -117,6 +118,7 @@ class StatusPanel(QtWidgets.QWidget):
             f"background: {hex_rgb(rgb)}; color: #11141a; font-weight: bold; padding: 4px 10px; border-radius: 4px;")
         v = self._values
         v["backend"].setText(status.backend)
+        v["model"].setText(status.model)
         v["rate"].setText(f"{status.poses_per_s:.1f}")
         if status.latency_median_ms is None:
             v["latency"].setText("–")
@@ -138,4 +140,5 @@ class StatusPanel(QtWidgets.QWidget):
         """One line for the status bar."""
         s = self.status
         lat = "–" if s.latency_median_ms is None else f"{s.latency_median_ms:.0f} ms"
-        return f"{s.source} | {s.backend} | {s.poses_per_s:.1f} poses/s | latency {lat} | dropped {s.dropped_frames}"
+        backend = "" if s.backend in s.source else f" | {s.backend}"
+        return f"{s.source}{backend} | {s.poses_per_s:.1f} poses/s | latency {lat} | dropped {s.dropped_frames}"

@@ -19,9 +19,13 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from app.panels.status_panel import InputHealth  # noqa: E402
+from app.settings import PoseSourceChoice  # noqa: E402
 from app.views.palette import LEFT_BONES, LEFT_RGB, RIGHT_BONES, RIGHT_RGB  # noqa: E402
 from sensors.device import DeviceState  # noqa: E402
 from vimcan_core.skeleton import NUM_IMUS  # noqa: E402
+
+#: window tests check the UI at the camera rate with the simulation's truth; the model has its own test
+GT = PoseSourceChoice.GROUND_TRUTH
 
 ROOT = Path(__file__).resolve().parents[2]
 COLOUR_TOL = 10
@@ -43,7 +47,7 @@ def studio(qtbot, tmp_path):
     from app.main_window import MainWindow, StudioOptions
     from app.settings import StudioSettings, open_qsettings
 
-    settings = StudioSettings(takes_dir=str(tmp_path / "takes"))
+    settings = StudioSettings(takes_dir=str(tmp_path / "takes"), pose_source=GT)
     window = MainWindow(StudioOptions(demo=True), settings, open_qsettings(tmp_path / "studio.ini"))
     qtbot.addWidget(window)
     window.resize(1400, 880)
@@ -226,7 +230,10 @@ def test_studio_command_line(capsys):
 
 def test_headless_demo_without_a_display_saves_a_screenshot_and_a_take(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    proc = subprocess.run([sys.executable, "-m", "app.studio", "--seconds", "4", "--out", str(tmp_path)],
+    ini = tmp_path / "studio.ini"  # the simulation's truth: this checks the headless run, not the model
+    ini.write_text("[studio]\npose_source=ground_truth\n")
+    proc = subprocess.run([sys.executable, "-m", "app.studio", "--seconds", "4", "--out", str(tmp_path),
+                           "--settings", str(ini)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no display" in proc.stdout.lower()
@@ -296,18 +303,24 @@ def test_calibration_wizard_from_the_window(qtbot, studio, output_dir, tmp_path,
 
 
 def test_studio_runs_the_streaming_model_when_weights_are_given(qtbot, tmp_path, output_dir):
-    """A real streaming vimcan-t checkpoint (random weights: this checks the wiring, not accuracy)
-    drives the window: labelled as the model, its backend shown, poses flowing, drops counted."""
+    """The shipped streaming weights (or, before they exist, a random vimcan-t streaming checkpoint:
+    the wiring, not the accuracy) drive the window: labelled as the model, which model and backend
+    shown, poses flowing, drops counted, the skeleton drawn."""
     torch = pytest.importorskip("torch")
+    from app.live import SHIPPED_WEIGHTS
     from app.main_window import MainWindow, StudioOptions
     from app.settings import StudioSettings, open_qsettings
     from sensors.model_source import ModelPoseSource
-    from vimcan_core.model import Vimcan, preset
-    from vimcan_core.model.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "vimcan-t-streaming.pt", Vimcan(preset("vimcan-t", streaming=True)))
-    settings = StudioSettings(takes_dir=str(tmp_path / "takes"), model_path=str(ckpt))
+    ckpt = SHIPPED_WEIGHTS
+    if not ckpt.is_file():
+        from vimcan_core.model import Vimcan, preset
+        from vimcan_core.model.checkpoint import save_checkpoint
+
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(tmp_path / "vimcan-t-streaming.pt", Vimcan(preset("vimcan-t", streaming=True)))
+    settings = StudioSettings(takes_dir=str(tmp_path / "takes"), model_path=str(ckpt),
+                              pose_source=PoseSourceChoice.MODEL)
     window = MainWindow(StudioOptions(demo=True), settings, open_qsettings(tmp_path / "studio.ini"))
     qtbot.addWidget(window)
     window.resize(1400, 880)
@@ -318,10 +331,13 @@ def test_studio_runs_the_streaming_model_when_weights_are_given(qtbot, tmp_path,
     window._refresh_panels()
     st = window.inference_status()
     assert st.is_model and st.source == window.pipeline.pose_source.name
-    assert st.backend.startswith("cpu") or st.backend.startswith("cuda")
+    assert st.backend.startswith(("cpu", "cuda"))
+    assert st.model.startswith(ckpt.name) and "streaming" in st.model and "parameters" in st.model
     assert "not the model" not in window.status_panel.source_label.text()
     assert st.dropped_frames == window.pipeline.stats().frames_dropped
-    pose = window._last_pose
-    assert pose.joints_world_m.shape == (17, 3) and np.all(np.isfinite(pose.joints_world_m))
+    img, joints = grab_with_joints(window)
+    assert joints is not None and np.all(np.isfinite(joints))
+    if ckpt == SHIPPED_WEIGHTS:  # trained weights: a body, drawn where its joints project
+        check_skeleton_pixels(window, img, joints)
     window.save_screenshot(output_dir / "studio_model.png")
     window.close()

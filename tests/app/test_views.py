@@ -17,11 +17,15 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from app.settings import PoseSourceChoice  # noqa: E402
 from app.views.palette import FRUSTUM_RGB, LEFT_BONES, LEFT_RGB, RIGHT_BONES, RIGHT_RGB  # noqa: E402
 from vimcan_core.camera import PinholeCamera  # noqa: E402
 from vimcan_core.kinematics import forward_kinematics  # noqa: E402
 from vimcan_core.rotations import quat_from_axis_angle  # noqa: E402
 from vimcan_core.skeleton import NUM_IMUS, NUM_JOINTS, Joint, default_rest_pose  # noqa: E402
+
+#: window tests check the UI at the camera rate with the simulation's truth; the model has its own test
+GT = PoseSourceChoice.GROUND_TRUTH
 
 COLOUR_TOL = 10  # per channel, 0-255
 
@@ -408,7 +412,7 @@ def test_settings_persist_between_runs(qtbot, tmp_path):
     from app.settings import StudioSettings, load_settings, open_qsettings
 
     ini = tmp_path / "studio.ini"
-    first = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(ini))
+    first = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path), pose_source=GT), open_qsettings(ini))
     qtbot.addWidget(first)
     first.action_follow.setChecked(True)
     first.record_panel.countdown_spin.setValue(3)
@@ -432,7 +436,7 @@ def test_heading_reset_button_corrects_the_pose_stage_calibration(qtbot, tmp_pat
     from vimcan_core.calibration import ResetPose, reset_pose_bone_quats
     from vimcan_core.rotations import quat_angle
 
-    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(tmp_path / "s.ini"))
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path), pose_source=GT), open_qsettings(tmp_path / "s.ini"))
     qtbot.addWidget(window)
     assert window.action_heading.shortcut().toString() == "Ctrl+H"
     window.action_heading.trigger()  # nothing received yet: refused, nothing changes
@@ -475,7 +479,7 @@ def test_preferences_dialog_edits_and_persists_settings(qtbot, tmp_path):
     from app.settings import PoseSourceChoice, StudioSettings, Units, load_settings, open_qsettings
 
     ini = tmp_path / "studio.ini"
-    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path / "a")), open_qsettings(ini))
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path / "a"), pose_source=GT), open_qsettings(ini))
     qtbot.addWidget(window)
     dialog = window.edit_preferences()
     dialog.bvh_order.setCurrentText("ZYX")
@@ -544,7 +548,7 @@ def test_keyboard_shortcuts_reach_the_window_actions(qtbot, tmp_path):
     from app.main_window import MainWindow, StudioOptions
     from app.settings import StudioSettings, open_qsettings
 
-    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(tmp_path / "s.ini"))
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path), pose_source=GT), open_qsettings(tmp_path / "s.ini"))
     qtbot.addWidget(window)
     with qtbot.waitActive(window):
         window.show()
@@ -568,7 +572,7 @@ def test_discovery_runs_in_a_worker_and_found_sensors_are_kept_for_the_next_star
     from app.settings import StudioSettings, load_settings, open_qsettings
 
     ini = tmp_path / "s.ini"
-    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path)), open_qsettings(ini))
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path), pose_source=GT), open_qsettings(ini))
     qtbot.addWidget(window)
     release = threading.Event()
     ui_thread = threading.get_ident()
