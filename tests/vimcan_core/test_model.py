@@ -267,6 +267,18 @@ def test_bad_checkpoints_name_the_path(tmp_path) -> None:
         load_checkpoint(tmp_path / "other.pt")
 
 
+def test_inference_slicing_changes_nothing(monkeypatch) -> None:
+    import vimcan_core.model.blocks as blocks
+
+    model = _model()
+    kp, q, valid = _inputs(T=40)
+    with torch.no_grad():
+        whole = model(kp, q, valid)
+        monkeypatch.setattr(blocks, "INFERENCE_SLICE_ELEMENTS", 1000)  # many small slices
+        sliced = model(kp, q, valid)
+    assert torch.allclose(sliced, whole, atol=1e-6)
+
+
 def test_transformer_baseline_same_interface() -> None:
     from vimcan_core.model.transformer_baseline import TransformerBaseline
 

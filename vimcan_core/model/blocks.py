@@ -142,6 +142,10 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
 
 
+#: without gradients, a block's input is processed in slices of about this many elements
+INFERENCE_SLICE_ELEMENTS = 1 << 20
+
+
 class BiSTSSM(nn.Module):
     """The paper's BiSTSSM block (pre-norm, as Mamba/Vim blocks): x + SSM(LN(x)), then x + MLP(LN(x)).
 
@@ -160,6 +164,11 @@ class BiSTSSM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        if not torch.is_grad_enabled() and x.numel() > INFERENCE_SLICE_ELEMENTS and x.shape[0] > 1:
+            # inference: the sequences are independent, so run them in slices; the block's
+            # intermediates (about 8 x wider than x) then never exist for the whole batch at once
+            step = max(1, INFERENCE_SLICE_ELEMENTS // (x.shape[1] * x.shape[2]))
+            return torch.cat([self._forward(x[i:i + step]) for i in range(0, x.shape[0], step)])
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:

@@ -218,12 +218,22 @@ def _plan(u: Tensor, delta: Tensor, A: Tensor, g: int) -> tuple[int, int]:
     """Chunk length along time and batch slice size for the chunked scan."""
     b, d, l = u.shape
     n = A.shape[1]
-    # the largest one-step log decay |delta * A| bounds the cumulative decay inside a chunk
-    # largest one-step log decay |delta * A|, per channel: bounds the cumulative decay in a chunk
-    max_step = float((delta.detach().abs().amax(dim=(0, 2)) * A.detach().abs().amax(dim=1)).max()) if u.numel() else 0.0
-    max_step = min(max_step, SAFE_LOG)  # steps are clamped to SAFE_LOG in _chunk_states
-    safe_len = l if max_step <= 0 else max(1, int(SAFE_LOG / max_step))
-    lc = max(1, min(l, MAX_CHUNK_LEN, safe_len))
+    if u.numel() == 0:
+        return 1, 1
+    # the longest chunk (a power of two, or all of l) inside which no row's cumulative log decay
+    # sum |delta * A| exceeds SAFE_LOG (per-step values clamped as in _chunk_states)
+    with torch.no_grad():
+        steps = (delta.abs() * A.abs().amax(dim=1)[:, None]).clamp_(max=SAFE_LOG)  # b x d x l
+        cum = F.pad(steps.double().cumsum(-1), (1, 0))  # b x d x (l + 1), cum[..., t] = sum of steps before t
+        lc = 1
+        for cand in [min(l, MAX_CHUNK_LEN)] + [2 ** k for k in range(7, 0, -1)]:
+            if cand > min(l, MAX_CHUNK_LEN):
+                continue
+            starts = torch.arange(0, l, cand, device=u.device)
+            ends = (starts + cand).clamp(max=l)
+            if float((cum[..., ends] - cum[..., starts]).amax()) <= SAFE_LOG:
+                lc = cand
+                break
     bs = max(1, min(b, MAX_CHUNK_ELEMENTS // max(1, d * n * lc)))
     return lc, bs
 
