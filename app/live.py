@@ -26,10 +26,11 @@ def weights_path(settings: StudioSettings) -> Path:
     return Path(settings.model_path) if settings.model_path else SHIPPED_WEIGHTS
 
 
-def _one_torch_thread() -> None:
-    """One intra-op thread for the per-frame CPU step: a batch of one frame gains nothing from more,
-    and spinning worker threads starve the UI and the device threads (measured on 2 loaded cores:
-    64 ms per vimcan-t step with one thread, 1.8 s with two)."""
+def limit_torch_threads() -> None:
+    """One intra-op torch thread in the studio process: the live capture comes first. A batch of one
+    frame gains nothing from more, and spinning worker threads starve the UI, the device threads and
+    the pipeline (measured on 2 loaded cores: 64 ms per vimcan-t step with one thread, 1.8 s with
+    two); an offline re-solve in the background then leaves the live view a core."""
     import torch
 
     if torch.get_num_threads() != 1:
@@ -55,7 +56,7 @@ def make_pose_source(settings: StudioSettings, calibration=None, camera=None):
 
         estimator = StreamingPoseEstimator(path)
         if estimator.device.type == "cpu":
-            _one_torch_thread()
+            limit_torch_threads()
         source = ModelPoseSource(estimator, calibration=calibration, camera=camera)
     except (ImportError, VimcanError, OSError, RuntimeError, KeyError) as exc:
         log.error("could not load the model from %s (%s): showing the simulation's ground truth", path, exc)

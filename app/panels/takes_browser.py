@@ -350,6 +350,8 @@ def default_export(folder: Path, bvh_config=None) -> Path:
 
 def default_resolve(folder: Path) -> Path:
     """Re-solve a take offline with the bidirectional model (``sensors.export.resolve_take``)."""
+    from app.live import limit_torch_threads
     from sensors.export import resolve_take
 
+    limit_torch_threads()  # the live view keeps running while this works in the background
     return Path(resolve_take(folder))
