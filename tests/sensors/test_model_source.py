@@ -247,3 +247,12 @@ def test_from_checkpoint_loads_streaming_weights(rig, tmp_path) -> None:
     offline = save_checkpoint(tmp_path / "offline.pt", Vimcan(preset("vimcan-t", **{**TINY, "streaming": False})))
     with pytest.raises(VimcanError, match="stream"):
         ModelPoseSource.from_checkpoint(offline, device="cpu")
+
+
+def test_the_cpu_model_runs_on_one_torch_thread(rig) -> None:
+    torch.set_num_threads(2)
+    make_source(rig)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    ModelPoseSource(TinyEstimator(), config=ModelSourceConfig(cpu_threads=None))
+    assert torch.get_num_threads() == 2
