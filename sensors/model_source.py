@@ -310,6 +310,13 @@ def describe_estimator(estimator: object) -> str:
                     break
         except Exception:  # naming must never stop the pose stage
             log.debug("could not name the model", exc_info=True)
+        if label == "VIMCAN":  # not a preset: say what it was trained from, and its widths
+            import re
+
+            command = str((getattr(estimator, "metadata", None) or {}).get("shipped", ""))
+            match = re.search(r"--preset\s+(\S+)", command)
+            base = match.group(1).upper() if match else "VIMCAN"
+            label = f"{base} (De {getattr(config, 'embed_dim', '?')}, Dg {getattr(config, 'fused_dim', '?')})"
     streaming = " streaming" if getattr(config, "streaming", True) else ""
     backend = getattr(estimator, "backend", None)
     return f"{label}{streaming}" + (f", {backend}" if backend else "")
