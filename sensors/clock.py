@@ -19,6 +19,11 @@ class ClockOffsetEstimator:
         self._diffs: deque[float] = deque(maxlen=window)
         self._minimum: float | None = None
 
+    def reset(self) -> None:
+        """Forget every observation (a device whose clock restarted, e.g. after a reconnect)."""
+        self._diffs.clear()
+        self._minimum = None
+
     def update(self, host_time_s: float, device_time_s: float) -> float:
         """Add one observation and return the current offset estimate (seconds)."""
         d = host_time_s - device_time_s

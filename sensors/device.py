@@ -221,6 +221,7 @@ class Device(ABC):
             self._set_state(DeviceState.CONNECTING if first else DeviceState.RECONNECTING)
             try:
                 self._connect()
+                self.clock.reset()  # a reconnected device may have restarted its clock
                 backoff = self.config.reconnect_initial_s
                 self._set_state(DeviceState.STREAMING)
                 while not self._stop.is_set():
