@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable, TypeVar
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient
@@ -28,6 +31,27 @@ from bleak.exc import BleakError
 
 #: address -> peripheral; tests register theirs and remove them when done
 PERIPHERALS: dict[str, "FakePeripheral"] = {}
+
+P = TypeVar("P", bound="FakePeripheral")
+
+
+@contextmanager
+def registered(peripheral: P) -> Iterator[P]:
+    """Serve ``peripheral`` at its address in ``PERIPHERALS`` for the duration of the block."""
+    PERIPHERALS[peripheral.address] = peripheral
+    try:
+        yield peripheral
+    finally:
+        PERIPHERALS.pop(peripheral.address, None)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds; ``AssertionError`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached within the time limit")
+        time.sleep(0.01)
 
 
 class FakePeripheral:

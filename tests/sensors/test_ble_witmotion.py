@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fake_ble import PERIPHERALS, FakeBleakBackend, FakePeripheral
+from fake_ble import FakeBleakBackend, FakePeripheral, registered, wait_for
 from sensors.device import DeviceConfig, DeviceState
 from sensors.drivers.ble_base import BleConfig
 from sensors.drivers.ble_witmotion import (
@@ -108,20 +108,10 @@ class FakeWitMotion(FakePeripheral):
             self.notify(NOTIFY_UUID, data)
 
 
-def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the time limit")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def fake_wit():
-    wit = FakeWitMotion("E8:CB:ED:00:00:01")
-    PERIPHERALS[wit.address] = wit
-    yield wit
-    PERIPHERALS.pop(wit.address, None)
+    with registered(FakeWitMotion("E8:CB:ED:00:00:01")) as wit:
+        yield wit
 
 
 def test_battery_table() -> None:

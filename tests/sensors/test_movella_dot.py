@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fake_ble import PERIPHERALS, FakeBleakBackend, FakePeripheral
+from fake_ble import FakeBleakBackend, FakePeripheral, registered, wait_for
 from sensors.device import DeviceConfig, DeviceState
 from sensors.drivers.ble_base import BleConfig
 from sensors.drivers.movella_dot import (
@@ -135,20 +135,10 @@ class FakeDot(FakePeripheral):
             self.notify(char, payload)
 
 
-def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the time limit")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def fake_dot():
-    dot = FakeDot("D4:22:CD:00:00:01", skip={30, 31, 32}, corrupt={45})
-    PERIPHERALS[dot.address] = dot
-    yield dot
-    PERIPHERALS.pop(dot.address, None)
+    with registered(FakeDot("D4:22:CD:00:00:01", skip={30, 31, 32}, corrupt={45})) as dot:
+        yield dot
 
 
 def test_payload_codec_round_trip() -> None:
