@@ -22,7 +22,7 @@ import numpy as np
 
 from sensors.files.recording import (
     ImuRecording, OrientationSource, RecordingFormat, free_acc_from_sensor, normalise_quats,
-    parse_numeric_rows, table_column,
+    parse_numeric_rows, read_lines, table_column,
 )
 from sensors.protocols.counters import unwrap_counter
 from sensors.protocols.witmotion import euler_to_quat
@@ -39,10 +39,7 @@ def is_dot_csv(head: str) -> bool:
 
 def read_dot_csv(path: str | Path) -> ImuRecording:
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as exc:
-        raise MotionFileError(f"{path}: cannot read ({exc})") from exc
+    lines = read_lines(path)
     meta: dict[str, str] = {}
     header_idx = None
     fmt = RecordingFormat.DOT_APP_CSV

@@ -134,6 +134,14 @@ def free_acc_from_sensor(quat_wxyz: np.ndarray, acc_sensor_mps2: np.ndarray) -> 
     return quat_rotate(quat_wxyz, acc_sensor_mps2) - np.array([0.0, 0.0, GRAVITY_MPS2])
 
 
+def read_lines(path: Path) -> list[str]:
+    """The text lines of a vendor export (UTF-8, undecodable bytes replaced); an unreadable file is a ``MotionFileError``."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise MotionFileError(f"{path}: cannot read ({exc})") from exc
+
+
 def table_column(header: list[str], rows: np.ndarray, name: str, source: Path) -> np.ndarray:
     """The column called ``name`` as floats (empty or NaN cells -> NaN)."""
     try:

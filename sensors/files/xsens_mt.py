@@ -23,7 +23,7 @@ import numpy as np
 
 from sensors.files.recording import (
     ImuRecording, OrientationSource, RecordingFormat, free_acc_from_sensor, normalise_quats,
-    parse_numeric_rows, table_column,
+    parse_numeric_rows, read_lines, table_column,
 )
 from sensors.protocols.counters import unwrap_counter
 from sensors.protocols.witmotion import euler_to_quat
@@ -44,10 +44,7 @@ def is_mt_manager_txt(head: str) -> bool:
 
 def read_mt_manager_txt(path: str | Path, assume_rate_hz: float = 100.0) -> ImuRecording:
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as exc:
-        raise MotionFileError(f"{path}: cannot read ({exc})") from exc
+    lines = read_lines(path)
     meta: dict[str, str] = {}
     header_idx = None
     for i, line in enumerate(lines):
