@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sensors.demo import GROUND_TRUTH_NAME, DemoConfig, build_demo_pipeline
+from polling import wait_until
 from sensors.device import DeviceConfig, DeviceState
 from sensors.pipeline import CapturePipeline, PoseSource
 from sensors.samples import PoseFrame, SyncedFrame
@@ -23,15 +24,6 @@ CONFIG = DemoConfig(
     camera=SimCameraConfig(render_preview=False, device=DeviceConfig(buffer_capacity=64, reconnect_initial_s=0.05,
                                                                        reconnect_max_s=0.2)),
 )
-
-
-def wait_until(predicate, timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def drain(q: queue.Queue) -> list[tuple[SyncedFrame, PoseFrame]]:

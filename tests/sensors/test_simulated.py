@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from polling import wait_until
 from sensors.device import DeviceConfig, DeviceState
 from sensors.samples import ImuSample, KeypointFrame
 from sensors.simulated import SimCameraConfig, SimClock, SimImuConfig, SimulatedCamera, SimulatedImu
@@ -29,15 +30,6 @@ def _run(devices, seconds: float) -> None:
     finally:
         for d in devices:
             d.stop()
-
-
-def _wait_until(predicate, timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _samples(device) -> list:
@@ -191,15 +183,15 @@ def test_unplugged_imu_reports_loss_and_reconnects_while_others_stream() -> None
     lost.start()
     other.start()
     try:
-        assert _wait_until(lambda: len(lost.buffer) > 5 and len(other.buffer) > 5)
+        assert wait_until(lambda: len(lost.buffer) > 5 and len(other.buffer) > 5)
         lost.simulate_unplug(0.5)
-        assert _wait_until(lambda: lost.state in (DeviceState.DISCONNECTED, DeviceState.RECONNECTING), 1.0)
+        assert wait_until(lambda: lost.state in (DeviceState.DISCONNECTED, DeviceState.RECONNECTING), 1.0)
         count_lost, count_other = lost.buffer.total_pushed, other.buffer.total_pushed
         time.sleep(0.3)
         assert lost.buffer.total_pushed == count_lost  # nothing while unplugged
         assert other.buffer.total_pushed >= count_other + 12  # the other one kept streaming (~18 samples)
         assert "unplug" in (lost.stats().last_error or "")
-        assert _wait_until(lambda: lost.state == DeviceState.STREAMING and lost.buffer.total_pushed > count_lost + 5, 3.0)
+        assert wait_until(lambda: lost.state == DeviceState.STREAMING and lost.buffer.total_pushed > count_lost + 5, 3.0)
     finally:
         lost.stop()
         other.stop()
@@ -216,15 +208,15 @@ def test_hold_switches_what_the_imus_report() -> None:
     imu = SimulatedImu("wizard", performer, ImuSite.LEFT_FOREARM)
     imu.start()
     try:
-        assert _wait_until(lambda: len(imu.buffer) > 3)
+        assert wait_until(lambda: len(imu.buffer) > 3)
         performer.hold(Motion.T_POSE)
         n = imu.buffer.total_pushed
-        assert _wait_until(lambda: imu.buffer.total_pushed > n + 5)
+        assert wait_until(lambda: imu.buffer.total_pushed > n + 5)
         latest: ImuSample = imu.buffer.latest()
         assert quat_angle(np.array(latest.quat_wxyz), np.array([1.0, 0, 0, 0])) < 1e-9
         performer.hold(Motion.MOVE_SITE, ImuSite.LEFT_FOREARM)
         n = imu.buffer.total_pushed
-        assert _wait_until(lambda: imu.buffer.total_pushed > n + 30)
+        assert wait_until(lambda: imu.buffer.total_pushed > n + 30)
         recent = np.array([s.quat_wxyz for s in imu.buffer.snapshot()[-30:]])
         assert quat_angle(recent, recent[:1]).max() > 0.2  # the forearm moves
     finally:
