@@ -14,13 +14,7 @@ from vimcan_core.model.checkpoint import save_checkpoint
 SMALL = dict(embed_dim=16, fused_dim=24, num_skeleton_layers=1, d_state=4, mlp_ratio=2.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two threads are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sequence(T: int = 8):

@@ -7,20 +7,13 @@ import math
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two threads are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 from vimcan_core.errors import CheckpointError, InputShapeError, VimcanError
 from vimcan_core.losses import vimcan_loss
 from vimcan_core.model import FusionMode, Vimcan, VimcanConfig, preset
 from vimcan_core.model.checkpoint import load_checkpoint, save_checkpoint
 from vimcan_core.skeleton import Joint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: a small model with every component of the real one (fast to build and run)
 SMALL = dict(embed_dim=16, fused_dim=24, num_skeleton_layers=2, d_state=4, mlp_ratio=2.0)

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two threads are several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 from vimcan_core.errors import InputShapeError
 from vimcan_core.model import scan_cpu
 from vimcan_core.model.scan import BackendUnavailable, ScanBackend, selective_scan
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST_BACKENDS = [ScanBackend.CHUNKED]
 if scan_cpu.load_kernel() is not None:
