@@ -13,7 +13,7 @@ SHARED_DATA = Path(os.environ.get("VIMCAN_SHARED_DATA", ROOT.parent / "shared" /
 OUTPUT_ROOT = ROOT / "test-output"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (real CMU motion, IMU recordings, videos); skips when absent."""
     if not SHARED_DATA.is_dir():

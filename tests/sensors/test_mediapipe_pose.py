@@ -31,10 +31,8 @@ FRAMES = 65
 
 
 @pytest.fixture(scope="module")
-def video_dir() -> Path:
-    from conftest import SHARED_DATA
-
-    d = SHARED_DATA / "video"
+def video_dir(shared_data: Path) -> Path:
+    d = shared_data / "video"
     if not d.is_dir():
         pytest.skip(f"real test videos not found at {d}")
     return d

@@ -32,7 +32,7 @@ def test_parse(text: str, kind: str, address: str, baud, options) -> None:
 
 @pytest.mark.parametrize("text, message", [
     ("", "empty device spec"),
-    ("gopro:1", "unknown kind 'gopro'; kinds are witmotion, witmotion-ble, dot, line, sim, file"),
+    ("gopro:1", "unknown kind 'gopro'; kinds are witmotion, witmotion-ble, dot, line, sim, camera, file"),
     ("witmotion:", "needs a serial port"),
     ("witmotion:/dev/ttyUSB0@fast", "must be a number"),
     ("line:/dev/ttyACM0?rate=100", "unknown option 'rate' for line; options are sensor"),

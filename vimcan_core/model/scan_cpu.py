@@ -7,7 +7,8 @@ iteration, with the n-dimensional state in registers: it reads u, delta, B, C on
 recomputes the states in the backward pass from h0 (nothing b x d x l x n is ever stored).
 The exponentials vectorise over n (``-ffast-math`` with ``#pragma omp simd``).
 
-It is compiled with the system C compiler (``cc -O3 -ffast-math -fopenmp``) into
+It is compiled with the system C compiler (``cc -O3 -ffast-math -fopenmp``, linked without
+fast-math so that loading it leaves the process's floating-point mode alone) into
 ``~/.cache/vimcan/`` (or ``$VIMCAN_CACHE_DIR``) the first time it is needed, a second or two,
 and loaded with ctypes. When no compiler is found or the build fails, ``load_kernel()``
 returns None and the scan uses the chunked backend (the reason is logged once).
@@ -161,12 +162,15 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("VIMCAN_CACHE_DIR", Path.home() / ".cache" / "vimcan"))
 
 
-_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-march=native"]
+_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-march=native"]
+#: linked in a separate step, without -ffast-math: linking with it adds crtfastmath.o, whose
+#: constructor turns on flush-to-zero for the whole process as soon as the library loads
+_LINK_FLAGS = ["-shared", "-fopenmp"]
 
 
 def _build() -> Path:
     src = _source()
-    digest = hashlib.sha1((src + " ".join(_FLAGS)).encode()).hexdigest()[:12]
+    digest = hashlib.sha1((src + " ".join(_FLAGS + _LINK_FLAGS)).encode()).hexdigest()[:12]
     target = _cache_dir() / f"vimcan_scan_cpu_{digest}.so"
     if target.is_file():
         return target
@@ -177,10 +181,12 @@ def _build() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         c_file = Path(tmp) / "scan.c"
         c_file.write_text(src)
+        obj = Path(tmp) / "scan.o"
         out = Path(tmp) / target.name
-        res = subprocess.run([cc, *_FLAGS, str(c_file), "-o", str(out), "-lm"], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"{cc} failed to build the CPU scan kernel: {res.stderr.strip()[:2000]}")
+        for cmd in ([cc, *_FLAGS, "-c", str(c_file), "-o", str(obj)], [cc, *_LINK_FLAGS, str(obj), "-o", str(out), "-lm"]):
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"{cc} failed to build the CPU scan kernel: {res.stderr.strip()[:2000]}")
         os.replace(out, target)  # atomic: a parallel build by another process is harmless
     log.info("built the CPU selective-scan kernel %s", target)
     return target
