@@ -175,7 +175,10 @@ def test_unplugged_sensor_is_marked_not_filled(tmp_path: Path) -> None:
     assert np.isfinite(poses.bone_quats_world[20:40, 1:]).all()
     raw = read_raw(tmp_path / "take" / "raw.csv")
     events = list(raw.event[raw.rows(RawKind.STATE, "imu-lost")])
-    assert events[0] in ("disconnected", "reconnecting") and events[-1] == "streaming", events
+    # the device may report its first "streaming" after the recorder started listening; what matters
+    # is that the loss is recorded and is followed by the return to streaming
+    lost = [i for i, e in enumerate(events) if e in ("disconnected", "reconnecting")]
+    assert lost and "streaming" not in events[lost[0]:lost[-1]] and events[-1] == "streaming", events
     (dev,) = meta.devices
     assert dev.gaps >= 1 and dev.reconnects >= 1
     # the samples before and after the gap are there, the gap is not filled
