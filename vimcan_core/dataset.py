@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +84,8 @@ def load_clip(path: Path, config: RetargetConfig = RetargetConfig(), cache_dir: 
             log.warning("ignoring a broken cache file %s (%s)", cached, exc)
     clip = retarget_file(path, config)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
+    # a name of this process's own: two trainings sharing the cache must not write one temp file
+    tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npz")
     clip.save_npz(tmp)
     tmp.replace(cached)
     return clip
