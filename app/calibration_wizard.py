@@ -21,6 +21,11 @@ computation runs in a ``ThreadPoolExecutor`` whose future the timer polls.
 
 The result: ``calibration``, ``profile_path``, ``profile_name`` and ``assignment`` attributes, and
 the ``calibrated(Calibration, Path | None)`` signal.
+
+What the performer is asked to do at each step goes out as ``prompted(PerformerPrompt, ImuSite | None)``
+(``vimcan_core.performer``): stand, move the sensor on a site, T-pose, heading pose, move freely. The
+studio connects it to the demo performer (``sensors.demo.DemoRig.follow_prompt``), which then
+follows the instructions as a person would; the prompt is a plain enum, so no Qt reaches ``sensors``.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from vimcan_core.calibration_profile import (
 )
 from vimcan_core.camera import PinholeCamera
 from vimcan_core.errors import CalibrationError, VimcanError
+from vimcan_core.performer import PerformerPrompt
 from vimcan_core.rotations import quat_angle, quat_conj, quat_rotate
 from vimcan_core.skeleton import (
     IMU_CHILD_JOINT,
@@ -254,6 +260,7 @@ class DevicesPage(_Page):
         path = last_profile_path()
         self.use_last_button.setVisible(path is not None)
         self.last_label.setText("No saved profile yet." if path is None else f"Last profile: {path.stem} ({path})")
+        self.w.prompt(PerformerPrompt.STAND)
         self.completeChanged.emit()
 
     @staticmethod
@@ -354,6 +361,8 @@ class SitesPage(_Page):
 
     def _update_hint(self) -> None:
         t = self.body.target
+        self.w.prompt(PerformerPrompt.MOVE_SITE if t is not None else PerformerPrompt.STAND,
+                      None if t is None else ImuSite(t))
         if t is None:
             self.hint.setText("Every sensor has a site. Move a sensor to see its site light up, or go on.")
         else:
@@ -426,6 +435,7 @@ class CameraPage(_Page):
         self._ok_since = None
         self._set_complete(False)
         self.hint.setText("Waiting for the camera…")
+        self.w.prompt(PerformerPrompt.STAND)
 
     def _set_complete(self, done: bool) -> None:
         if done != self._complete:
@@ -516,10 +526,13 @@ class CapturePage(_Page):
         if phase in (Phase.COUNTDOWN_TPOSE, Phase.COUNTDOWN_HEADING):
             self._deadline = now + self.w.config.countdown_s
             self.instruction.setText(self.TPOSE_TEXT if phase == Phase.COUNTDOWN_TPOSE else HEADING_POSE_INSTRUCTIONS)
+            self.w.prompt(PerformerPrompt.T_POSE if phase == Phase.COUNTDOWN_TPOSE else PerformerPrompt.HEADING_POSE)
             for bar in self.bars:
                 bar.setValue(0)
         elif phase in (Phase.CAPTURE_TPOSE, Phase.CAPTURE_HEADING):
             self._capture_start = now
+        elif phase in (Phase.DONE, Phase.FAILED):
+            self.w.prompt(PerformerPrompt.STAND)
         self.status.setText(message)
         self.retry_button.setVisible(phase in (Phase.DONE, Phase.FAILED))
         self.completeChanged.emit()
@@ -644,6 +657,7 @@ class CheckPage(_Page):
         self.live_agreement_deg = np.full(NUM_IMUS, np.nan)
 
     def initializePage(self) -> None:  # noqa: N802 - Qt override
+        self.w.prompt(PerformerPrompt.MOVE_FREELY)
         c = self.w.calibration
         for s in range(NUM_IMUS):
             q = c.quality[s]
@@ -746,10 +760,14 @@ class CalibrationWizard(QtWidgets.QWizard):
     Signals:
         calibrated(object, object): the ``Calibration`` and the saved profile's ``Path`` (None if
             the last profile was taken as it was... then its path).
+        prompted(object, object): what the performer is asked to do now, a ``PerformerPrompt``, and
+            the ``ImuSite`` for ``PerformerPrompt.MOVE_SITE`` (else None); ``MOVE_FREELY`` when the
+            wizard closes. Emitted when the request changes.
     """
 
     PAGE_DEVICES, PAGE_SITES, PAGE_CAMERA, PAGE_CAPTURE, PAGE_CHECK, PAGE_SAVE = range(6)
     calibrated = QtCore.Signal(object, object)
+    prompted = QtCore.Signal(object, object)
 
     def __init__(self, pipeline_or_devices, camera_model: PinholeCamera | None, parent: QtWidgets.QWidget | None = None,
                  config: WizardConfig | None = None) -> None:
@@ -772,6 +790,7 @@ class CalibrationWizard(QtWidgets.QWizard):
         self.calibration: Calibration | None = None
         self.profile: CalibrationProfile | None = None
         self.profile_path: Path | None = None
+        self.current_prompt: tuple[PerformerPrompt, ImuSite | None] | None = None
         self._started: list[Device] = []
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration")
         self.feed = DeviceFeed(devices, self.config.history_s)
@@ -798,6 +817,14 @@ class CalibrationWizard(QtWidgets.QWizard):
         return {ImuSite(s): d for s, d in enumerate(self.site_devices) if d is not None}
 
     # ---------------------------------------------------------------- used by the pages
+    def prompt(self, prompt: PerformerPrompt, site: ImuSite | None = None) -> None:
+        """Ask the performer for ``prompt`` (emits ``prompted`` when it differs from the current request)."""
+        request = (PerformerPrompt(prompt), None if site is None else ImuSite(site))
+        if request != self.current_prompt:
+            self.current_prompt = request
+            log.debug("performer prompt: %s %s", request[0].value, "" if site is None else request[1].name.lower())
+            self.prompted.emit(*request)
+
     def device_by_key(self, key: int) -> Device:
         return next(d for d in self.all_devices if id(d) == key)
 
@@ -884,6 +911,7 @@ class CalibrationWizard(QtWidgets.QWizard):
             log.exception("calibration wizard update failed")
 
     def _cleanup(self, *_: object) -> None:
+        self.prompt(PerformerPrompt.MOVE_FREELY)
         self.timer.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.pipeline is None:

@@ -377,6 +377,9 @@ class MainWindow(QtWidgets.QMainWindow):
             return None
         wizard = CalibrationWizard(self.pipeline, self._camera_model(), self, config=config)
         wizard.calibrated.connect(self._on_calibrated)
+        rig = getattr(self.pipeline, "demo", None)
+        if rig is not None and hasattr(rig, "follow_prompt"):  # the demo performer does what the wizard asks
+            wizard.prompted.connect(rig.follow_prompt)
         wizard.show()  # modeless: the live view keeps running behind it
         self.wizard = wizard
         return wizard

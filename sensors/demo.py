@@ -9,12 +9,16 @@ wired into a real ``CapturePipeline``.
 
 ``pipeline.demo`` (a ``DemoRig``) gives the views and the calibration what they need: the
 performer and its clock, the camera model, the devices, and the true sensor mounting and
-heading (identity unless configured otherwise).
+heading (identity unless configured otherwise). ``DemoRig.follow_prompt`` makes the performer do
+what the calibration wizard asks (stand, T-pose, heading pose, move one sensor, move freely),
+moving into each pose over ``DemoConfig.prompt_transition_s``; the wizard calls it through a
+plain callback, so nothing here knows about Qt.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -25,7 +29,7 @@ from sensors.pipeline import CapturePipeline, PipelineConfig, PoseSource
 from sensors.samples import PoseFrame, SyncedFrame
 from sensors.simulated import SimCameraConfig, SimClock, SimImuConfig, SimulatedCamera, SimulatedImu
 from vimcan_core.camera import PinholeCamera
-from vimcan_core.performer import Motion, Performer
+from vimcan_core.performer import Motion, Performer, PerformerPrompt
 from vimcan_core.rotations import quat_conj, quat_from_axis_angle, quat_mul, quat_normalize, yaw_quat
 from vimcan_core.skeleton import IMU_JOINT, NUM_IMUS, ImuSite
 
@@ -52,6 +56,7 @@ class DemoConfig:
     camera_target_m: tuple[float, float, float] = (0.0, 1.2, 0.0)  # level: looks horizontally
     camera_hfov_deg: float = 60.0
     image_size_px: tuple[int, int] = (640, 480)
+    prompt_transition_s: float = 0.5  # how long the performer takes to move into a prompted pose
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
@@ -65,10 +70,20 @@ class DemoRig:
     imus: dict[ImuSite, SimulatedImu]
     camera: SimulatedCamera
     ground_truth: "GroundTruthPoseSource"
+    prompt_transition_s: float = 0.5  # seconds to move into a prompted pose (``follow_prompt``)
 
     @property
     def devices(self) -> list[Device]:
         return [self.imus[s] for s in sorted(self.imus)] + [self.camera]
+
+    def follow_prompt(self, prompt: PerformerPrompt, site: ImuSite | None = None) -> None:
+        """Do what the calibration wizard asks now (``Performer.follow``), moving into the pose over
+        ``prompt_transition_s`` seconds; ``site`` for ``PerformerPrompt.MOVE_SITE``. Thread-safe."""
+        prompt = PerformerPrompt(prompt)
+        now_s = float(self.clock.performer_time(time.monotonic()))
+        self.performer.follow(prompt, site, at_s=now_s, transition_s=self.prompt_transition_s)
+        log.info("demo performer: %s%s", prompt.value.replace("_", " "),
+                 f" ({ImuSite(site).name.lower()})" if site is not None and prompt == PerformerPrompt.MOVE_SITE else "")
 
     @property
     def mount_quats_sensor_from_bone(self) -> np.ndarray:
@@ -166,7 +181,8 @@ def build_demo_rig(config: DemoConfig = DemoConfig()) -> DemoRig:
     camera_model = demo_camera(config)
     cam_cfg = replace(config.camera, seed=config.seed * 100 + 99, device=replace(config.camera.device, latency_s=0.0))
     camera = SimulatedCamera("sim-camera", performer, camera_model, cam_cfg, clock=clock)
-    return DemoRig(performer, clock, camera_model, imus, camera, GroundTruthPoseSource(clock))
+    return DemoRig(performer, clock, camera_model, imus, camera, GroundTruthPoseSource(clock),
+                   prompt_transition_s=config.prompt_transition_s)
 
 
 def build_demo_pipeline(pose_source: PoseSource | None = None, config: DemoConfig = DemoConfig()) -> CapturePipeline:

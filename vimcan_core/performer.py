@@ -26,13 +26,20 @@ the floor and the pelvis drops in the squat.
 For the calibration wizard and tests the performer can be told to hold a pose instead of
 the loop (``Motion.T_POSE``, ``Motion.STILL``, any given pose with ``hold_pose``) or to stand
 still and move one IMU site (``Motion.MOVE_SITE``), either at construction (``script=``) or at
-run time (``hold()``, ``hold_pose()``, ``resume()``).
+run time (``hold()``, ``hold_pose()``, ``resume()``). Given the performer time of the switch
+(``at_s``) and a ``transition_s``, the new motion takes over smoothly (C1) from the old one: the
+joints turn and the pelvis moves there instead of jumping.
+
+``follow(PerformerPrompt...)`` does what the calibration wizard asks a person to do (stand, T-pose,
+the heading pose of ``vimcan_core.calibration``, move one sensor, move freely): the demo performer
+follows the wizard's prompts through it. The prompts are plain enums, so the wizard (Qt) and the
+simulator (no Qt) share them without Qt leaving ``app``.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -63,13 +70,27 @@ class Motion(Enum):
     POSE = "pose"  # stand motionless in a given pose (local joint rotations), e.g. a calibration pose
 
 
+class PerformerPrompt(Enum):
+    """What the calibration wizard asks the performer to do (``Performer.follow`` does it)."""
+
+    STAND = "stand"  # stand still, arms down, facing the camera (devices and camera pages)
+    MOVE_SITE = "move_site"  # keep still but move the sensor on one site (which sensor sits where)
+    T_POSE = "t_pose"  # arms straight out to the sides, facing the camera, still
+    HEADING_POSE = "heading_pose"  # arms down, knees bent, lean forward, look down (``HEADING_POSE_INSTRUCTIONS``)
+    MOVE_FREELY = "move_freely"  # the check page and after the wizard: move about (the demo loop)
+
+
 @dataclass(frozen=True)
 class PerformerScript:
-    """A motion and, for ``Motion.MOVE_SITE``, which site moves."""
+    """A motion and, for ``Motion.MOVE_SITE``, which site moves; optionally the motion it takes over
+    from during ``blend_s`` seconds of performer time from ``blend_start_s`` (a smooth transition)."""
 
     motion: Motion = Motion.LOOP
     site: ImuSite | None = None
     pose_local_wxyz: tuple[tuple[float, float, float, float], ...] | None = None  # 17 rotations, for Motion.POSE
+    blend_from: "PerformerScript | None" = None  # the previous motion (None: no transition)
+    blend_start_s: float = 0.0  # performer time at which the transition starts, seconds
+    blend_s: float = 0.0  # length of the transition, seconds (0: the new motion at once)
 
     def __post_init__(self) -> None:
         if self.motion == Motion.MOVE_SITE and self.site is None:
@@ -78,6 +99,16 @@ class PerformerScript:
             q = np.asarray(self.pose_local_wxyz, dtype=np.float64)
             if q.shape != (NUM_JOINTS, 4) or not np.all(np.isfinite(q)):
                 raise ValueError(f"PerformerScript(Motion.POSE) needs pose_local_wxyz: {NUM_JOINTS} x 4 finite, got {q.shape}")
+        if self.blend_s < 0 or not np.isfinite(self.blend_s):
+            raise ValueError(f"PerformerScript.blend_s must be a duration >= 0 seconds, got {self.blend_s}")
+
+    def without_transition(self) -> "PerformerScript":
+        """The same motion with no transition into it."""
+        return self if self.blend_from is None else replace(self, blend_from=None, blend_start_s=0.0, blend_s=0.0)
+
+    def in_transition_at(self, t_s: float) -> bool:
+        """True while the transition into this motion is still under way at performer time ``t_s``."""
+        return self.blend_from is not None and t_s < self.blend_start_s + self.blend_s
 
 
 @dataclass(frozen=True)
@@ -208,13 +239,12 @@ class Performer:
         with self._script_lock:
             return self._script
 
-    def hold(self, motion: Motion, site: ImuSite | None = None) -> None:
+    def hold(self, motion: Motion, site: ImuSite | None = None, at_s: float | None = None,
+             transition_s: float = 0.0) -> None:
         """Switch to another motion now (thread-safe): ``hold(Motion.T_POSE)``,
-        ``hold(Motion.STILL)``, ``hold(Motion.MOVE_SITE, ImuSite.LEFT_FOREARM)``."""
-        script = PerformerScript(motion, site)
-        with self._script_lock:
-            self._script = script
-            self._script_version += 1
+        ``hold(Motion.STILL)``, ``hold(Motion.MOVE_SITE, ImuSite.LEFT_FOREARM)``. With ``at_s`` (the
+        performer time now, seconds) and ``transition_s`` > 0 it takes over smoothly from the old motion."""
+        self._switch(PerformerScript(motion, site), at_s, transition_s)
 
     @property
     def script_version(self) -> int:
@@ -222,18 +252,47 @@ class Performer:
         with self._script_lock:
             return self._script_version
 
-    def hold_pose(self, local_quats: np.ndarray) -> None:
+    def hold_pose(self, local_quats: np.ndarray, at_s: float | None = None, transition_s: float = 0.0) -> None:
         """Stand still in a given pose: local joint rotations (17 x 4, wxyz, relative to the
-        T-pose; the pelvis's is its rotation facing +Z). The feet are put on the floor."""
+        T-pose; the pelvis's is its rotation facing +Z). The feet are put on the floor.
+        ``at_s`` and ``transition_s`` as for ``hold``."""
         q = quat_normalize(np.asarray(local_quats, dtype=np.float64))
         script = PerformerScript(Motion.POSE, pose_local_wxyz=tuple(tuple(float(x) for x in row) for row in q))
+        self._switch(script, at_s, transition_s)
+
+    def resume(self, at_s: float | None = None, transition_s: float = 0.0) -> None:
+        """Back to the demo loop."""
+        self.hold(Motion.LOOP, at_s=at_s, transition_s=transition_s)
+
+    def follow(self, prompt: PerformerPrompt, site: ImuSite | None = None, at_s: float | None = None,
+               transition_s: float = 0.0) -> None:
+        """Do what the calibration wizard asks (``PerformerPrompt``); ``site`` for ``MOVE_SITE``
+        (None there: stand still). ``at_s`` and ``transition_s`` as for ``hold``."""
+        prompt = PerformerPrompt(prompt)
+        if prompt == PerformerPrompt.HEADING_POSE:
+            from vimcan_core.calibration import heading_pose_local_quats  # the pose the calibration expects
+
+            self.hold_pose(heading_pose_local_quats(), at_s, transition_s)
+            return
+        motion = {PerformerPrompt.STAND: Motion.STILL, PerformerPrompt.T_POSE: Motion.T_POSE,
+                  PerformerPrompt.MOVE_FREELY: Motion.LOOP, PerformerPrompt.MOVE_SITE: Motion.MOVE_SITE}[prompt]
+        if motion == Motion.MOVE_SITE and site is None:
+            motion = Motion.STILL
+        self.hold(motion, ImuSite(site) if motion == Motion.MOVE_SITE else None, at_s, transition_s)
+
+    def _switch(self, script: PerformerScript, at_s: float | None, transition_s: float) -> None:
+        if transition_s < 0 or not np.isfinite(transition_s):
+            raise ValueError(f"transition_s must be a duration >= 0 seconds, got {transition_s}")
         with self._script_lock:
+            if at_s is not None and transition_s > 0:
+                old = self._script
+                if not old.in_transition_at(at_s):
+                    old = old.without_transition()  # a finished transition: keep the chain short
+                elif old.blend_from is not None and old.blend_from.in_transition_at(at_s):
+                    old = replace(old, blend_from=old.blend_from.without_transition())  # at most two deep
+                script = replace(script, blend_from=old, blend_start_s=float(at_s), blend_s=float(transition_s))
             self._script = script
             self._script_version += 1
-
-    def resume(self) -> None:
-        """Back to the demo loop."""
-        self.hold(Motion.LOOP)
 
     @property
     def duration_s(self) -> float:
@@ -293,6 +352,8 @@ class Performer:
     def _local_pose(self, t: np.ndarray, script: PerformerScript) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Local joint rotations (... x 17 x 4, pelvis without heading), pelvis xz (... x 2)
         and heading (..., radians about +Y) at times t (...)."""
+        if script.blend_from is not None:
+            return self._blended_pose(t, script)
         if script.motion == Motion.T_POSE:
             local = np.zeros(t.shape + (NUM_JOINTS, 4))
             local[..., 0] = 1.0
@@ -308,6 +369,22 @@ class Performer:
         if script.motion == Motion.MOVE_SITE:
             local = self._move_site(local, t, ImuSite(script.site))
         return local, np.zeros(t.shape + (2,)), np.zeros(t.shape)
+
+    def _blended_pose(self, t: np.ndarray, script: PerformerScript) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The transition from ``script.blend_from`` into ``script``: joint rotations interpolated
+        (normalised lerp on the near hemisphere), pelvis position and heading (the short way round)
+        with a C1 weight that goes from 0 at ``blend_start_s`` to 1 ``blend_s`` later."""
+        target = script.without_transition()
+        w = _smoothstep((t - script.blend_start_s) / max(script.blend_s, 1e-9))  # ...
+        local1, root1, yaw1 = self._local_pose(t, target)
+        if np.all(w >= 1.0):
+            return local1, root1, yaw1
+        local0, root0, yaw0 = self._local_pose(t, script.blend_from)
+        same_side = np.sum(local0 * local1, axis=-1, keepdims=True) >= 0.0  # ... x 17 x 1
+        local = quat_normalize((1.0 - w[..., None, None]) * local0 + w[..., None, None] * np.where(same_side, local1, -local1))
+        root = root0 + w[..., None] * (root1 - root0)
+        turn = np.mod(yaw1 - yaw0 + np.pi, 2.0 * np.pi) - np.pi  # (-pi, pi]: the short way round
+        return local, root, yaw0 + w * turn
 
     def _move_site(self, local: np.ndarray, t: np.ndarray, site: ImuSite) -> np.ndarray:
         """Add a clear back-and-forth rotation of the site's bone only (other bones keep still)."""

@@ -228,3 +228,32 @@ def test_rates_must_fit_the_simulation_grid() -> None:
         SimulatedImu("odd", Performer(), ImuSite.HEAD, SimImuConfig(rate_hz=50.0))
     with pytest.raises(ValueError, match="drop_rate"):
         SimImuConfig(drop_rate=1.5)
+
+
+def test_the_demo_rig_follows_the_wizard_prompts_with_a_transition() -> None:
+    """``DemoRig.follow_prompt``: the simulated IMUs report the prompted pose once the transition is
+    over (through their mountings and world headings), and something in between during it."""
+    from sensors.demo import DemoConfig, build_demo_rig
+    from vimcan_core.calibration import heading_pose_bone_quats
+    from vimcan_core.performer import PerformerPrompt
+    from vimcan_core.skeleton import IMU_JOINT
+
+    rig = build_demo_rig(DemoConfig(random_mount_deg=40.0, random_heading_deg=90.0, prompt_transition_s=0.3))
+    imu = rig.imus[ImuSite.RIGHT_FOREARM]
+    imu.start()
+    try:
+        assert wait_until(lambda: len(imu.buffer) > 3)
+        rig.follow_prompt(PerformerPrompt.HEADING_POSE)
+        switched = time.monotonic()
+        assert wait_until(lambda: imu.buffer.latest().host_time_s > switched + 0.5, timeout_s=5.0)
+        expected = imu.measured_quat(heading_pose_bone_quats()[IMU_JOINT[ImuSite.RIGHT_FOREARM]])
+        samples = [s for s in imu.buffer.snapshot() if s.host_time_s > switched - 0.05]
+        q = np.array([s.quat_wxyz for s in samples])
+        err = quat_angle(q, expected)
+        assert err[-1] < 1e-6  # holding the heading pose
+        assert err[0] > 0.3  # it started from the loop (arms not yet down and still)
+        steps = quat_angle(q[1:], q[:-1])
+        assert steps.max() < 0.25  # moved there over the transition, not in one jump (60 Hz samples)
+    finally:
+        imu.stop()
+    assert rig.performer.script.motion == Motion.POSE

@@ -191,3 +191,50 @@ def test_hold_any_pose_with_the_feet_on_the_floor() -> None:
     assert ankles.min() == pytest.approx(0.08, abs=0.025) and ankles[0] > ankles[1] + 0.05
     with pytest.raises(ValueError, match="17 x 4"):
         PerformerScript(Motion.POSE, pose_local_wxyz=((1.0, 0.0, 0.0, 0.0),))
+
+
+def test_a_transition_moves_smoothly_from_the_loop_into_the_held_pose() -> None:
+    """``hold(..., at_s, transition_s)``: before ``at_s`` the old motion, after ``at_s + transition_s``
+    the new one, in between C1 (no jump in the joints, bounded speed)."""
+    p, loop, tpose = Performer(), Performer(), Performer(script=Motion.T_POSE)
+    at_s, blend_s = 5.0, 0.5  # mid-walk: the pelvis is away from the origin and turned
+    p.hold(Motion.T_POSE, at_s=at_s, transition_s=blend_s)
+    assert p.script.motion == Motion.T_POSE and p.script.blend_from == PerformerScript(Motion.LOOP)
+    before, after = np.linspace(4.0, at_s, 25), np.linspace(at_s + blend_s, 8.0, 25)
+    np.testing.assert_allclose(p.pose_at(before).joints_world_m, loop.pose_at(before).joints_world_m, atol=1e-12)
+    np.testing.assert_allclose(p.pose_at(after).joints_world_m, tpose.pose_at(after).joints_world_m, atol=1e-9)
+    t = np.arange(at_s - 0.1, at_s + blend_s + 0.1, 1.0 / RATE_HZ)
+    joints = p.pose_at(t).joints_world_m
+    step_m = np.linalg.norm(np.diff(joints, axis=0), axis=-1).max()  # largest move of a joint in one 1/120 s step
+    jump_m = np.linalg.norm(loop.pose_at(at_s).joints_world_m - tpose.pose_at(at_s).joints_world_m, axis=-1).max()
+    assert jump_m > 0.5 and step_m < 0.08, (jump_m, step_m)  # without the transition it would jump jump_m
+    speed = np.diff(joints, axis=0) * RATE_HZ
+    assert np.abs(np.diff(speed, axis=0)).max() * RATE_HZ < 200.0  # no kink: accelerations stay bounded
+    # a second switch during the first transition takes over from the blend, not from the loop
+    p.hold(Motion.STILL, at_s=at_s + 0.2, transition_s=blend_s)
+    assert p.script.blend_from.blend_from == PerformerScript(Motion.LOOP)
+    np.testing.assert_allclose(p.pose_at(at_s + 0.1).joints_world_m, joints[np.argmin(np.abs(t - at_s - 0.1))], atol=1e-9)
+    with pytest.raises(ValueError, match="transition_s"):
+        p.hold(Motion.STILL, at_s=1.0, transition_s=-1.0)
+
+
+def test_follow_does_what_the_calibration_wizard_asks() -> None:
+    from vimcan_core.calibration import heading_pose_bone_quats
+    from vimcan_core.performer import PerformerPrompt
+
+    p = Performer()
+    p.follow(PerformerPrompt.T_POSE)
+    assert quat_angle(p.pose_at(1.0).global_quats, np.array([1.0, 0, 0, 0])).max() < 1e-9
+    p.follow(PerformerPrompt.HEADING_POSE)
+    held = p.pose_at(np.array([1.0, 4.0]))
+    assert quat_angle(held.global_quats, heading_pose_bone_quats()[None]).max() < 1e-6  # the calibration's pose
+    np.testing.assert_allclose(held.joints_world_m[0], held.joints_world_m[1])  # held still
+    assert min(held.joints_world_m[0, (Joint.LEFT_ANKLE, Joint.RIGHT_ANKLE), 1]) == pytest.approx(0.08, abs=0.025)
+    p.follow(PerformerPrompt.MOVE_SITE, ImuSite.HEAD)
+    assert p.script == PerformerScript(Motion.MOVE_SITE, ImuSite.HEAD)
+    p.follow(PerformerPrompt.MOVE_SITE)  # no site picked: stand still
+    assert p.script.motion == Motion.STILL
+    p.follow(PerformerPrompt.STAND)
+    assert p.script.motion == Motion.STILL
+    p.follow(PerformerPrompt.MOVE_FREELY)
+    assert p.script == PerformerScript(Motion.LOOP)
