@@ -8,6 +8,7 @@ the tests use the same choices. Nothing here imports Qt.
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_WEIGHTS = ROOT / "resources" / "models" / "vimcan-t-streaming.pt"
 RECORDER_QUEUE_SIZE = 256  # frames the take writer may lag behind (about 8 s at 30 Hz)
+#: the spec each live device was made from (to remember it in the settings); weak: devices come and go
+_DEVICE_SPECS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
 
 
 def weights_path(settings: StudioSettings) -> Path:
@@ -99,16 +102,40 @@ def _profile_named(name: str):
     return load_last_profile()
 
 
+def device_from_spec(spec: str):
+    """The (not started) driver a spec names (``sensors.spec``); raises ``DeviceError`` with the fix.
+    A bare camera source from older settings (index, file, URL) is read as ``camera:SOURCE``."""
+    from sensors.spec import DEVICE_FACTORIES, create_device
+
+    text = spec.strip()
+    kind = text.partition(":")[0].lower()
+    if kind not in DEVICE_FACTORIES and (text.isdigit() or "://" in text or Path(text).suffix.lower() in VIDEO_SUFFIXES):
+        text = f"camera:{text}"
+    device = create_device(text)
+    _DEVICE_SPECS[device] = text
+    return device
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def spec_of(device) -> str | None:
+    """The spec a device was made from in this session (None: made elsewhere)."""
+    return _DEVICE_SPECS.get(device)
+
+
 def build_hardware_pipeline(settings: StudioSettings):
-    """A pipeline on real drivers: ``settings.devices`` (IMU specs), ``settings.camera`` (index, file,
-    URL; "" for none), IMU sites and calibration from the profile ``settings.last_profile``."""
-    from sensors.camera.camera_device import CameraDevice
-    from sensors.camera.webcam import WebcamConfig
+    """A pipeline on real drivers: ``settings.devices`` (IMU specs) at ``settings.sites`` (or, without
+    those, in site order), ``settings.camera`` (a ``camera:`` spec, or an index, file or URL; "" for
+    none), the sites and calibration of the profile ``settings.last_profile`` when it names these
+    sensors. With no devices at all it starts empty: add them in the devices panel."""
+    from sensors.device import DeviceKind
     from sensors.pipeline import CapturePipeline
-    from sensors.spec import create_device
     from vimcan_core.skeleton import NUM_IMUS, ImuSite
 
-    devices = [create_device(spec) for spec in settings.devices]
+    devices = [device_from_spec(spec) for spec in settings.devices]
+    cameras = [d for d in devices if d.kind == DeviceKind.CAMERA]
+    devices = [d for d in devices if d.kind != DeviceKind.CAMERA]
     profile = _profile_named(settings.last_profile)
     by_id = {d.device_id: d for d in devices}
     imus: dict = {}
@@ -116,21 +143,138 @@ def build_hardware_pipeline(settings: StudioSettings):
         for i, device_id in enumerate(profile.site_devices):
             if device_id is not None and device_id in by_id:
                 imus[ImuSite(i)] = by_id[device_id]
-    if not imus:  # no profile (or it names other sensors): the order of the specs is the site order
-        log.warning("no calibration profile for these devices: IMU sites taken in the order given "
-                    "(%s); run the calibration wizard (Ctrl+K)", ", ".join(s.name.lower() for s in ImuSite))
-        imus = {ImuSite(i): d for i, d in enumerate(devices[:NUM_IMUS])}
-    camera = None
-    if settings.camera not in ("", "sim", "none"):
-        source = int(settings.camera) if settings.camera.isdigit() else settings.camera
-        camera = CameraDevice(WebcamConfig(source=source))
+    if not imus and devices:  # no profile for these sensors: the sites remembered with them, else their order
+        named = [site_named(n) for n in settings.sites] if len(settings.sites) == len(settings.devices) else []
+        if named and all(s is not None for s in named) and len(set(named)) == len(named):
+            imus = {site: d for site, d in zip(named, devices)}
+        else:
+            log.warning("no calibration profile for these devices: IMU sites taken in the order given "
+                        "(%s); run the calibration wizard (Ctrl+K)", ", ".join(s.name.lower() for s in ImuSite))
+            imus = {ImuSite(i): d for i, d in enumerate(devices[:NUM_IMUS])}
+    camera = cameras[0] if cameras else None
+    if camera is None and settings.camera not in ("", "sim", "none"):
+        camera = device_from_spec(settings.camera)
     calibration = profile.calibration if profile is not None else None
     cam_model = profile.camera if profile is not None else None
     source = make_pose_source(settings, calibration=calibration, camera=cam_model)
     if source is None:
         raise VimcanError(f"live capture needs the VIMCAN weights ({weights_path(settings)} not usable, see the log); "
                           "run `vimcan-studio --demo` to try the studio without them")
+    if not imus and camera is None:
+        log.info("no devices yet: add the IMUs and the camera in the Devices panel (spec and site, then Add)")
     return CapturePipeline(imus, camera, source)
+
+
+def site_named(name: str):
+    """``ImuSite`` from its name ("left_forearm", "left forearm"), or None."""
+    from vimcan_core.skeleton import ImuSite
+
+    try:
+        return ImuSite[name.strip().upper().replace(" ", "_")]
+    except KeyError:
+        return None
+
+
+# ----------------------------------------------------------------------------- devices at run time
+def add_device(pipeline, spec: str, site=None):
+    """Make the driver ``spec`` names and add it to ``pipeline`` (started when the pipeline runs).
+
+    An IMU goes to ``site`` (an ``ImuSite``; None: the first free one); a camera becomes the
+    pipeline's camera when it has none. The pipeline reads its ``imus`` mapping afresh for every
+    frame (the synchroniser tracks devices by identity), so a new mapping is swapped in whole and
+    the other devices keep streaming; a camera joins a pipeline that has none the same way.
+    Returns the device; raises ``DeviceError`` saying what to do when it cannot be added."""
+    from sensors.device import DeviceKind
+    from vimcan_core.errors import DeviceError
+    from vimcan_core.skeleton import ImuSite
+
+    device = device_from_spec(spec)
+    if any(d.device_id == device.device_id for d in pipeline.devices()):
+        raise DeviceError(f"{device.device_id} is connected already (spec {spec!r}); remove it first to add it again")
+    if device.kind == DeviceKind.CAMERA:
+        if pipeline.camera is not None:
+            raise DeviceError(f"the studio has a camera already ({pipeline.camera.device_id}); remove it, then add {spec!r}")
+        if pipeline.running:
+            device.start()
+        pipeline.camera = device
+        log.info("camera %s added (%s)", device.device_id, spec)
+        return device
+    if site is None:
+        free = [s for s in ImuSite if s not in pipeline.imus]
+        if not free:
+            raise DeviceError(f"all six sites have a sensor; remove one before adding {spec!r}")
+        site = free[0]
+    site = ImuSite(site)
+    if site in pipeline.imus:
+        raise DeviceError(f"the {site.name.lower().replace('_', ' ')} site has {pipeline.imus[site].device_id} already; "
+                          "remove it or pick another site")
+    if pipeline.running:
+        device.start()
+    pipeline.imus = {**pipeline.imus, site: device}
+    log.info("IMU %s added at the %s site (%s)", device.device_id, site.name.lower(), spec)
+    return device
+
+
+def remove_device(pipeline, device) -> None:
+    """Stop ``device`` and take it out of ``pipeline``. An IMU leaves at once; removing the camera
+    restarts the pipeline thread (it holds a cursor into the camera's buffer)."""
+    if device is pipeline.camera:
+        running = pipeline.running
+        if running:
+            pipeline.stop()  # stops every device; start() below restarts the others
+        pipeline.camera = None
+        if running:
+            pipeline.start()
+    else:
+        pipeline.imus = {s: d for s, d in pipeline.imus.items() if d is not device}
+        device.stop()
+    log.info("%s removed", device.device_id)
+
+
+def assign_sites(pipeline, assignment) -> bool:
+    """Strap the pipeline's IMUs to the sites of ``assignment`` (``ImuSite`` -> device, e.g. the
+    calibration wizard's); True when the mapping changed. Devices not in the pipeline are ignored."""
+    from vimcan_core.skeleton import ImuSite
+
+    ours = {id(d) for d in pipeline.imus.values()}
+    new = {ImuSite(s): d for s, d in assignment.items() if id(d) in ours}
+    if not new or new == pipeline.imus:
+        return False
+    placed = {id(d) for d in new.values()}
+    for site, d in sorted(pipeline.imus.items()):  # sensors the assignment leaves out keep their site if free
+        if id(d) not in placed:
+            if site in new:
+                log.warning("%s has no site now: the %s site went to %s", d.device_id, site.name.lower(), new[site].device_id)
+                continue
+            new[site] = d
+    pipeline.imus = new
+    log.info("IMU sites: %s", ", ".join(f"{s.name.lower()} = {d.device_id}" for s, d in sorted(new.items())))
+    return True
+
+
+def imu_sites(pipeline) -> dict[str, str]:
+    """device id -> site name of the pipeline's IMUs."""
+    return {d.device_id: s.name.lower() for s, d in getattr(pipeline, "imus", {}).items()}
+
+
+def device_settings(pipeline, settings: StudioSettings) -> StudioSettings:
+    """``settings`` with the pipeline's devices (their specs, at their sites) and camera, to open the
+    same devices at the next start. Devices made elsewhere keep the settings' entries."""
+    from dataclasses import replace
+
+    from vimcan_core.skeleton import ImuSite
+
+    specs, sites = [], []
+    for site in sorted(pipeline.imus):
+        spec = spec_of(pipeline.imus[site])
+        if spec is None:
+            return settings  # a device this session did not make (the demo's): nothing to remember
+        specs.append(spec)
+        sites.append(ImuSite(site).name.lower())
+    camera = "" if pipeline.camera is None else spec_of(pipeline.camera)
+    if camera is None:
+        return settings
+    return replace(settings, devices=tuple(specs), sites=tuple(sites), camera=camera)
 
 
 def camera_model_of(pipeline):
@@ -193,6 +337,7 @@ class StudioRecorder:
         self._recorder = None
         self._queue = None
         self.folder: Path | None = None
+        self.profile_name: str | None = None  # the calibration profile in use, for take.json
 
     @property
     def recording(self) -> bool:
@@ -218,9 +363,12 @@ class StudioRecorder:
         folder = new_take_folder(self.takes_dir, take_name)
         devices = list(self._pipeline.devices())
         self._queue = self._pipeline.subscribe(RECORDER_QUEUE_SIZE)
+        calibration = current_calibration(self._pipeline)
         meta = TakeMeta(name=folder.name, camera=self._camera_dict(), model=self._source_name(),
-                        backend=self._backend())
-        self._recorder = TakeRecorder(folder, self._queue, devices, meta=meta, sites=imu_sites_of(devices),
+                        backend=self._backend(), calibration=self._calibration_dict(calibration),
+                        calibration_profile=self.profile_name if calibration is not None else None)
+        sites = {**imu_sites_of(devices), **imu_sites(self._pipeline)}  # the pipeline's own mapping first
+        self._recorder = TakeRecorder(folder, self._queue, devices, meta=meta, sites=sites,
                                       on_error=lambda exc: log.error("recording stopped: %s", exc))
         try:
             self._recorder.start()
@@ -252,6 +400,18 @@ class StudioRecorder:
         from dataclasses import asdict
 
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cam).items()}
+
+    @staticmethod
+    def _calibration_dict(calibration) -> dict | None:
+        if calibration is None:
+            return None
+        from sensors.export import calibration_to_dict
+
+        try:
+            return calibration_to_dict(calibration)
+        except (AttributeError, TypeError, ValueError) as exc:  # a partial calibration must not stop the take
+            log.warning("the take will not hold the calibration: %s", exc)
+            return None
 
     def _source_name(self) -> str | None:
         src = getattr(self._pipeline, "pose_source", None)
@@ -337,8 +497,15 @@ def load_profile_into(pipeline, name: str) -> str:
         log.error("%s", exc)
         return f"{name}: not loaded (see the log)"
     remember_last_profile(paths[0])
+    by_id = {d.device_id: d for d in getattr(pipeline, "imus", {}).values()}
+    assignment = {i: by_id[device_id] for i, device_id in enumerate(profile.site_devices) if device_id in by_id}
+    if assignment and getattr(pipeline, "demo", None) is None:  # the demo's sensors are strapped where they are
+        assign_sites(pipeline, assignment)
     stage = _calibrated_stage(pipeline)
     if stage is None:
         return f"{profile.name} (not used by the simulation ground truth)"
-    stage.set_calibration(profile.calibration)
+    if profile.camera is not None and stage is getattr(pipeline, "pose_source", None):
+        stage.set_calibration(profile.calibration, profile.camera)
+    else:
+        stage.set_calibration(profile.calibration)
     return profile.name

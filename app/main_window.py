@@ -27,6 +27,7 @@ from app.views.imu_plots import ImuPlots
 from app.views.keypoints_view import KeypointsView
 from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, apply_dark_theme, stacked, titled_box
 from app.views.skeleton_view import SkeletonView, place_on_floor
+from vimcan_core.errors import VimcanError
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,12 @@ class MainWindow(QtWidgets.QMainWindow):
         # ---- panels
         from app.live import discover_devices
 
-        self.devices_panel = DevicesPanel(self._devices, discover=discover_devices)
-        self.devices_panel.use_specs.connect(
-            lambda specs: self.apply_settings(replace(self.settings, devices=tuple(specs))))
+        self.devices_panel = DevicesPanel(self._devices, discover=discover_devices, site_of=self._site_of)
+        self.devices_panel.use_specs.connect(self._use_found_specs)
+        self.devices_panel.add_requested.connect(self.add_device)
+        self.devices_panel.remove_requested.connect(lambda devices: [self.remove_device(d) for d in devices])
+        if options.demo:
+            self.devices_panel.set_adding_enabled(False, "the demo's simulated rig is fixed: start with --live to add devices")
         self.status_panel = StatusPanel()
         self.record_panel = RecordPanel(self._make_recorder())
         self.record_panel.countdown_spin.setValue(self.settings.record_countdown_s)
@@ -269,6 +273,72 @@ class MainWindow(QtWidgets.QMainWindow):
     def _devices(self):
         return list(self.pipeline.devices()) if self.pipeline is not None else []
 
+    def _site_of(self, device):
+        imus = getattr(self.pipeline, "imus", None) or {}
+        return next((site for site, d in imus.items() if d is device), None)
+
+    # ------------------------------------------------------------------ devices at run time
+    def add_device(self, spec: str, site=None):
+        """Connect the device ``spec`` names now (an IMU at ``site``, None: the next free one), as the
+        devices panel's Add button does; remembered in the settings. Returns it, or None (the reason is
+        shown in the panel and the log)."""
+        from app.live import add_device, device_settings
+        from sensors.device import DeviceKind
+
+        if self.options.demo:
+            self.devices_panel.show_message("the demo's simulated rig is fixed: start the studio with --live "
+                                            "to add real devices", error=True)
+            return None
+        if self.record_panel.state.value != "idle":
+            self.devices_panel.show_message("stop the recording before changing the devices", error=True)
+            return None
+        try:
+            device = add_device(self.pipeline, spec, site)
+        except VimcanError as exc:
+            log.error("could not add %s: %s", spec, exc)
+            self.devices_panel.show_message(str(exc), error=True)
+            return None
+        where = "" if device.kind == DeviceKind.CAMERA else f" at the {self._site_text(self._site_of(device))} site"
+        self.devices_panel.show_message(f"added {device.device_id}{where}")
+        self.devices_panel.spec_edit.clear()
+        self._devices_changed(device_settings(self.pipeline, self.settings))
+        return device
+
+    def remove_device(self, device) -> None:
+        """Disconnect ``device`` and take it out of the studio (the panel's Remove button)."""
+        from app.live import device_settings, remove_device
+
+        if self.options.demo or self.record_panel.state.value != "idle":
+            self.devices_panel.show_message("devices cannot be removed " + (
+                "from the demo rig" if self.options.demo else "while recording"), error=True)
+            return
+        remove_device(self.pipeline, device)
+        self.devices_panel.show_message(f"removed {device.device_id}")
+        self._devices_changed(device_settings(self.pipeline, self.settings))
+
+    def _use_found_specs(self, specs: list) -> None:
+        """"Use found sensors": connect them now (live), or remember them for the next start (demo)."""
+        if self.options.demo:
+            self.apply_settings(replace(self.settings, devices=tuple(specs), sites=()))
+            return
+        for spec in specs:
+            self.add_device(spec)
+
+    def _devices_changed(self, settings: StudioSettings) -> None:
+        self.settings = settings
+        if self._qsettings is not None:
+            save_settings(self.settings, self._qsettings)
+        self.devices_panel.refresh()
+        camera = self._camera_model()
+        if camera is not None:
+            self.skeleton_view.set_camera(camera)
+
+    @staticmethod
+    def _site_text(site) -> str:
+        from vimcan_core.skeleton import IMU_SITE_NAMES
+
+        return "no" if site is None else IMU_SITE_NAMES[site].replace("_", " ")
+
     def _camera_model(self):
         """The camera's PinholeCamera (the demo's virtual camera, or the calibrated webcam), or None."""
         from app.live import camera_model_of
@@ -376,7 +446,7 @@ class MainWindow(QtWidgets.QMainWindow):
             log.error("the calibration wizard is not available: %s", exc)
             return None
         wizard = CalibrationWizard(self.pipeline, self._camera_model(), self, config=config)
-        wizard.calibrated.connect(self._on_calibrated)
+        wizard.calibrated.connect(lambda calibration, path: self._on_calibrated(calibration, path, wizard.assignment))
         rig = getattr(self.pipeline, "demo", None)
         if rig is not None and hasattr(rig, "follow_prompt"):  # the demo performer does what the wizard asks
             wizard.prompted.connect(rig.follow_prompt)
@@ -384,9 +454,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.wizard = wizard
         return wizard
 
-    def _on_calibrated(self, calibration, profile_path) -> None:
-        from app.live import set_calibration
+    def _on_calibrated(self, calibration, profile_path, assignment=None) -> None:
+        from app.live import assign_sites, device_settings, set_calibration
 
+        if assignment and not self.options.demo and assign_sites(self.pipeline, assignment):
+            self._devices_changed(device_settings(self.pipeline, self.settings))  # the wizard's sites from now on
         used = set_calibration(self.pipeline, calibration, self._camera_model())
         name = Path(profile_path).stem if profile_path else "unsaved"
         self.calibration_label.setText(f"calibration: {name}" + ("" if used else " (not used by the ground truth)"))
@@ -396,6 +468,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.profile_box.setCurrentText(Path(profile_path).stem)
             self.profile_box.blockSignals(False)
             self.settings = replace(self.settings, last_profile=Path(profile_path).stem)
+        recorder = self.record_panel.recorder
+        if recorder is not None:
+            recorder.profile_name = name if profile_path else None
         log.info("calibration applied: %s", name)
 
     def _fill_profiles(self) -> None:
@@ -418,6 +493,10 @@ class MainWindow(QtWidgets.QMainWindow):
         if name:
             message = load_profile_into(self.pipeline, name)
             self.calibration_label.setText(f"calibration: {message}")
+            recorder = self.record_panel.recorder
+            if recorder is not None and hasattr(recorder, "profile_name"):
+                recorder.profile_name = name
+            self.devices_panel.refresh()  # the profile may strap the sensors to other sites
 
     def _on_follow(self, follow: bool) -> None:
         self.skeleton_view.set_follow(follow)

@@ -58,6 +58,7 @@ class BvhOptions:
 @dataclass(frozen=True)
 class StudioSettings:
     devices: tuple[str, ...] = ("sim",)  # device specs to connect at start (``vimcan devices`` lists them)
+    sites: tuple[str, ...] = ()  # the IMU site of each entry of ``devices`` ("left_forearm"...); () = in site order
     camera: str = "sim"  # camera spec: "sim", a webcam index ("0"), a video file or a URL
     model_path: str = ""  # streaming checkpoint; empty = the shipped resources/models/vimcan-t-streaming.pt
     pose_source: PoseSourceChoice = PoseSourceChoice.AUTO
@@ -207,6 +208,7 @@ class SettingsDialog(QtWidgets.QDialog):
         return dataclasses.replace(
             self._base,
             devices=devices or self._base.devices,
+            sites=self._base.sites if (devices or self._base.devices) == self._base.devices else (),
             camera=self.camera.text().strip(),
             model_path=self.model_path.text().strip(),
             pose_source=self.pose_source.currentData(),

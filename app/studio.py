@@ -1,6 +1,7 @@
 """``vimcan-studio``: the desktop window.
 
-``--demo`` runs the simulated performer and sensors through the real pipeline. Without a display
+``--demo`` runs the simulated performer and sensors through the real pipeline; ``--live`` the real
+drivers of the settings (or none yet: the devices panel adds them by spec). Without a display
 (or with ``--headless``) the same demo runs under a virtual X server (Xvfb, started here through
 pyvirtualdisplay) for ``--seconds``, records a take, saves a screenshot of the window and prints
 where both are.
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"vimcan-studio {__version__}")
     p.add_argument("--demo", action="store_true", help="simulated performer and sensors (no hardware needed)")
+    p.add_argument("--live", action="store_true",
+                   help="real devices, even when none are set yet: add them in the Devices panel (spec, site, Add)")
     p.add_argument("--headless", action="store_true",
                    help="no window on screen: run under Xvfb for --seconds, save a screenshot and a take")
     p.add_argument("--seconds", type=float, default=DEFAULT_HEADLESS_SECONDS,
@@ -149,10 +152,16 @@ def _run(args: argparse.Namespace, headless: bool) -> int:
     qsettings = open_qsettings(args.settings)
     settings = load_settings(qsettings)
     if args.device:
-        settings = replace(settings, devices=tuple(args.device))
+        settings = replace(settings, devices=tuple(args.device), sites=())
     if args.camera is not None:
         settings = replace(settings, camera=args.camera)
-    demo = args.demo or not uses_hardware(settings)
+    if args.live and not args.demo:
+        # the simulated defaults have no place among real devices: start from what is real
+        settings = replace(settings, devices=tuple(d for d in settings.devices if not d.startswith("sim")),
+                           camera="" if settings.camera in ("sim", "none") else settings.camera)
+        if len(settings.sites) != len(settings.devices):
+            settings = replace(settings, sites=())
+    demo = args.demo or (not args.live and not uses_hardware(settings))
     if not demo:
         log.info("live devices: %s, camera %r", ", ".join(settings.devices), settings.camera or "none")
     # a headless run reads the user's settings but never writes them (its takes go to --out)

@@ -1,5 +1,7 @@
-"""The devices panel: each sensor and camera with its state, rate, last-sample age, battery and
-losses; connect and disconnect one device or all of them; discover new ones.
+"""The devices panel: each sensor and camera with its state, rate, last-sample age, battery,
+losses and body site; connect and disconnect one device or all of them; add a device by its spec
+(``sensors.spec``: ``witmotion:/dev/ttyUSB0@115200?rate=100&quat=1``, ``camera:0``...) at a site,
+remove one; discover new ones.
 
 It works on ``sensors.device.Device`` objects (``device_id``, ``kind``, ``stats()``,
 ``start()``, ``stop()``), whatever their driver, and refreshes from a timer of the main window
@@ -14,15 +16,18 @@ from typing import Callable, Sequence
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from app.views.palette import ERROR_RGB, OK_RGB, TEXT_RGB, WARN_RGB
+from app.views.palette import ERROR_RGB, OK_RGB, TEXT_RGB, WARN_RGB, hex_rgb
 from sensors.device import Device, DeviceState
+from vimcan_core.skeleton import IMU_SITE_NAMES, ImuSite
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("Device", "Kind", "State", "Rate", "Last sample", "Battery", "Lost")
+COLUMNS = ("Device", "Kind", "State", "Rate", "Last sample", "Battery", "Lost", "Site")
 #: the longest text each column shows, so that columns sized once never truncate later values
 WIDEST_TEXT = {"Kind": "camera", "State": "reconnecting", "Rate": "100.0 Hz", "Last sample": "9999 ms",
-               "Battery": "100 %", "Lost": "9999"}
+               "Battery": "100 %", "Lost": "9999", "Site": "right lower leg"}
+NEXT_FREE_SITE = "next free site"
+SPEC_EXAMPLES = "witmotion:/dev/ttyUSB0@115200?rate=100&quat=1, line:COM4, dot:ADDRESS, camera:0, camera:clip.mp4"
 STATE_RGB = {
     DeviceState.STREAMING: OK_RGB,
     DeviceState.CONNECTING: WARN_RGB,
@@ -45,14 +50,18 @@ class DevicesPanel(QtWidgets.QWidget):
 
     devices_changed = QtCore.Signal()
     discovered = QtCore.Signal(list)  # [(description, spec | None)] of what the search found
-    use_specs = QtCore.Signal(list)  # the user chose these device specs for the next start
+    use_specs = QtCore.Signal(list)  # the user chose these device specs (the found ones)
+    add_requested = QtCore.Signal(str, object)  # a spec typed in, and the ImuSite chosen for it (None: next free)
+    remove_requested = QtCore.Signal(list)  # the selected devices
     _discover_failed = QtCore.Signal(str)
 
     def __init__(self, devices: Callable[[], Sequence[Device]], discover: Callable[[], object] | None = None,
-                 parent: QtWidgets.QWidget | None = None) -> None:
+                 parent: QtWidgets.QWidget | None = None,
+                 site_of: Callable[[Device], ImuSite | None] | None = None) -> None:
         super().__init__(parent)
         self._devices = devices
         self._discover = discover
+        self._site_of = site_of or (lambda _device: None)
         self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
@@ -80,6 +89,27 @@ class DevicesPanel(QtWidgets.QWidget):
         self.disconnect_all_button.clicked.connect(lambda: self.set_all_connected(False))
         self.discover_button.clicked.connect(self._on_discover)
 
+        # add by spec, at a site; remove the selected devices
+        self.spec_edit = QtWidgets.QLineEdit()
+        self.spec_edit.setPlaceholderText("device spec, e.g. witmotion:/dev/ttyUSB0@115200 or camera:0")
+        self.spec_edit.setToolTip("A device spec (see `vimcan devices`): " + SPEC_EXAMPLES)
+        self.site_box = QtWidgets.QComboBox()
+        self.site_box.addItem(NEXT_FREE_SITE, None)
+        for site in ImuSite:
+            self.site_box.addItem(IMU_SITE_NAMES[site].replace("_", " "), site)
+        self.site_box.setToolTip("The body site of an IMU (a camera has none)")
+        self.add_button = QtWidgets.QPushButton("Add")
+        self.add_button.setToolTip("Connect this device now, at this site")
+        self.remove_button = QtWidgets.QPushButton("Remove")
+        self.remove_button.setToolTip("Disconnect the selected devices and take them out of the studio")
+        self.add_button.clicked.connect(self._on_add)
+        self.spec_edit.returnPressed.connect(self._on_add)
+        self.remove_button.clicked.connect(self._on_remove)
+        self.message_label = QtWidgets.QLabel("")
+        self.message_label.setWordWrap(True)
+        self.message_label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message_label.hide()
+
         buttons = QtWidgets.QHBoxLayout()
         for b in (self.connect_button, self.disconnect_button, self.connect_all_button,
                   self.disconnect_all_button):
@@ -93,6 +123,13 @@ class DevicesPanel(QtWidgets.QWidget):
         self.found_label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
+        add_row = QtWidgets.QHBoxLayout()
+        add_row.addWidget(self.spec_edit, 1)
+        add_row.addWidget(self.site_box)
+        add_row.addWidget(self.add_button)
+        add_row.addWidget(self.remove_button)
+        layout.addLayout(add_row)
+        layout.addWidget(self.message_label)
         layout.addWidget(self.found_label)
         self.found_label.hide()
         self.use_button = QtWidgets.QPushButton("Use found sensors")
@@ -101,6 +138,7 @@ class DevicesPanel(QtWidgets.QWidget):
         self.use_button.clicked.connect(lambda: self.use_specs.emit(list(self.found_specs)))
         layout.addWidget(self.use_button)
         self.found_specs: list[str] = []
+        self._shown_ids: tuple[str, ...] = ()  # the devices the table rows are for
         self._discover_thread: threading.Thread | None = None
         self.discovered.connect(self._show_found)
         self._discover_failed.connect(self._show_failed)
@@ -128,6 +166,39 @@ class DevicesPanel(QtWidgets.QWidget):
         for row in sorted(rows):
             if row < len(devices):
                 self.set_connected(devices[row], connected)
+
+    def set_adding_enabled(self, enabled: bool, why: str = "") -> None:
+        """Allow adding and removing devices (not in the demo, whose simulated rig is fixed)."""
+        for w in (self.spec_edit, self.site_box, self.add_button, self.remove_button):
+            w.setEnabled(enabled)
+        self.spec_edit.setPlaceholderText(why if not enabled and why else
+                                          "device spec, e.g. witmotion:/dev/ttyUSB0@115200 or camera:0")
+
+    def request_add(self, spec: str, site: ImuSite | None = None) -> None:
+        """What the Add button does: ``add_requested(spec, site)``; the owner adds it and calls ``show_message``."""
+        spec = spec.strip()
+        if not spec:
+            self.show_message(f"type a device spec first, e.g. {SPEC_EXAMPLES}", error=True)
+            return
+        self.add_requested.emit(spec, site)
+
+    def _on_add(self) -> None:
+        self.request_add(self.spec_edit.text(), self.site_box.currentData())
+
+    def _on_remove(self) -> None:
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        devices = list(self._devices())
+        chosen = [devices[r] for r in rows if r < len(devices)]
+        if not chosen:
+            self.show_message("select the devices to remove in the table first", error=True)
+            return
+        self.remove_requested.emit(chosen)
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        """One line under the buttons: what the last add or remove did, or why it could not."""
+        colour = hex_rgb(ERROR_RGB if error else OK_RGB)
+        self.message_label.setText(f"<span style='color:{colour}'>{text}</span>")
+        self.message_label.show()
 
     def _on_discover(self) -> None:
         if self._discover is None or (self._discover_thread is not None and self._discover_thread.is_alive()):
@@ -165,7 +236,9 @@ class DevicesPanel(QtWidgets.QWidget):
     # ------------------------------------------------------------------ display
     def refresh(self) -> None:
         devices = list(self._devices())
-        resize = self.table.rowCount() != len(devices)
+        ids = tuple(d.device_id for d in devices)
+        resize = self.table.rowCount() != len(devices) or ids != self._shown_ids
+        self._shown_ids = ids
         if resize:
             self.table.setRowCount(len(devices))
         for row, device in enumerate(devices):
@@ -173,6 +246,7 @@ class DevicesPanel(QtWidgets.QWidget):
             age = "–" if st.last_sample_age_s is None else (
                 f"{st.last_sample_age_s * 1000:.0f} ms" if st.last_sample_age_s < 10 else f"{st.last_sample_age_s:.0f} s")
             battery = "–" if st.battery_pct is None else f"{st.battery_pct:.0f} %"
+            site = self._site_of(device)
             values = (
                 device.device_id,
                 device.kind.value,
@@ -181,6 +255,7 @@ class DevicesPanel(QtWidgets.QWidget):
                 age,
                 battery,
                 f"{st.dropped}" + (f" (+{st.corrupt} bad)" if st.corrupt else ""),
+                "–" if site is None else IMU_SITE_NAMES[site].replace("_", " "),
             )
             for col, text in enumerate(values):
                 item = self.table.item(row, col)

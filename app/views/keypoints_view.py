@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.views.palette import (
     BACKGROUND_RGB, CENTER_BONES, CENTER_RGB, LEFT_BONES, LEFT_RGB, RIGHT_BONES, RIGHT_RGB, WARN_RGB,
@@ -64,6 +64,9 @@ class KeypointsView(QtWidgets.QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot)
         self._set_image_size((640, 480))
+        self.shown_keypoints_px: np.ndarray | None = None  # 17 x 2, the keypoints drawn now (image pixels)
+        self.shown_confidence: np.ndarray | None = None  # 17
+        self.shown_image_bgr: np.ndarray | None = None  # H x W x 3, the preview image drawn now
 
     def set_frame(
         self,
@@ -81,12 +84,14 @@ class KeypointsView(QtWidgets.QWidget):
             self._image.setVisible(True)
         else:
             self._image.setVisible(False)
+        self.shown_image_bgr = image_bgr
         if keypoints_px is None:
             self.set_missing("camera lost: no keypoints")
             return
         self._message.setVisible(False)
         kp = np.asarray(keypoints_px, dtype=np.float64)
         conf = np.ones(NUM_JOINTS) if confidence is None else np.asarray(confidence, dtype=np.float64)
+        self.shown_keypoints_px, self.shown_confidence = kp.copy(), conf.copy()
         seen = np.isfinite(kp).all(axis=1) & (conf >= MIN_CONFIDENCE)  # 17
         for side, curve in self._curves.items():
             idx = self._bone_index[side]
@@ -108,12 +113,35 @@ class KeypointsView(QtWidgets.QWidget):
 
     def set_missing(self, reason: str) -> None:
         """Hide the keypoints and say why in the middle of the view."""
+        self.shown_keypoints_px = self.shown_confidence = None
         for curve in self._curves.values():
             curve.setData([], [])
         self._scatter.setData([], [])
         self._message.setText(reason)
         self._message.setPos(self._size_px[0] / 2, self._size_px[1] / 2)
         self._message.setVisible(True)
+
+    def set_overlay_visible(self, visible: bool) -> None:
+        """Show or hide the keypoints and bones drawn over the image (the image stays)."""
+        for item in (*self._curves.values(), self._scatter):
+            item.setVisible(visible)
+
+    def image_to_widget_px(self, points_px: np.ndarray) -> np.ndarray:
+        """Image pixels (N x 2, x right, y down) -> pixels of this widget (N x 2), as in ``grab_rgb``."""
+        vb = self.plot.getViewBox()
+        out = np.empty((len(points_px), 2))
+        for i, (x, y) in enumerate(np.asarray(points_px, dtype=np.float64)):
+            in_view = self.plot.mapFromScene(vb.mapViewToScene(QtCore.QPointF(float(x), float(y))))
+            p = self.plot.viewport().mapTo(self, in_view)
+            out[i] = (p.x(), p.y())
+        return out
+
+    def grab_rgb(self) -> np.ndarray:
+        """The widget as drawn now: H x W x 3 uint8 RGB."""
+        image = self.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB888)
+        h, w, stride = image.height(), image.width(), image.bytesPerLine()
+        buf = np.frombuffer(image.constBits(), dtype=np.uint8, count=h * stride).reshape(h, stride)
+        return buf[:, : 3 * w].reshape(h, w, 3).copy()
 
     def _set_image_size(self, size_px: tuple[int, int]) -> None:
         self._size_px = (int(size_px[0]), int(size_px[1]))
