@@ -18,6 +18,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vimcan_core.errors import VimcanError
+from vimcan_core.model import scan_cpu
 from vimcan_core.model.config import VimcanConfig
 from vimcan_core.model.scan import ScanBackend, selective_scan
 
@@ -30,13 +31,37 @@ class SSMState:
     ssm: Tensor  # Ns x Di x N
 
 
+@dataclass(frozen=True)
+class _InferenceWeights:
+    """An ``SSMMixer``'s parameters as its inference-only path takes them (derived, never trained;
+    rebuilt whenever a parameter changes). k directions, Di channels, N states, R = dt rank, K = d_conv."""
+
+    conv_weight: Tensor  # kDi x K
+    conv_bias: Tensor  # kDi
+    x_proj_t: Tensor  # k x Di x (R + 2N): x_proj_weight transposed
+    dt_proj_weight: Tensor  # k x Di x R
+    dt_bias: Tensor  # kDi
+    A: Tensor  # kDi x N, = -exp(A_log)
+    D: Tensor  # kDi
+
+
 class SSMMixer(nn.Module):
     """The Mamba mixer, in one or two directions (Vim-style: a separate conv, x/dt projections,
     A and D per direction; in/out projections shared; the two directions summed before the gate).
 
     in_proj -> (x, z); x: causal depthwise conv + SiLU -> selective scan -> (sum of directions)
     * SiLU(z) -> out_proj. Input and output Ns x L x C.
+
+    ``forward`` (training, offline inference) and ``step_ref`` are the readable reference paths.
+    Without autograd on the CPU, ``infer`` and ``step`` take an inference-only path with the same
+    result: channel-last tensors, derived weights cached (``_InferenceWeights``), the conv + SiLU of
+    both directions in one C call (``scan_cpu.conv_silu``, no flip / cat / conv1d) and everything
+    from dt_proj to the gate in another (``scan_cpu.gated_scan``), which is what makes a 17-token
+    frame cheap. Set ``fast_inference = False`` to always use the reference paths.
     """
+
+    #: take the inference-only path when it can run (no autograd, CPU, kernel built)
+    fast_inference: bool = True
 
     def __init__(self, dim: int, config: VimcanConfig, bidirectional: bool) -> None:
         super().__init__()
@@ -58,6 +83,7 @@ class SSMMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(k * di))
         self.out_proj = nn.Linear(di, dim, bias=False)
         self._init_mamba(config)
+        self._inference_cache: tuple[tuple, _InferenceWeights] | None = None
 
     @torch.no_grad()
     def _init_mamba(self, config: VimcanConfig) -> None:
@@ -101,6 +127,47 @@ class SSMMixer(nn.Module):
         y = y.transpose(1, 2) * F.silu(z)  # Ns x L x Di
         return self.out_proj(y)  # Ns x L x C
 
+    # --- inference-only path -----------------------------------------------------------------
+    def _fast_path_ok(self, x: Tensor) -> bool:
+        """True when ``infer`` / ``step`` can take the inference-only kernel path for ``x``."""
+        return (self.fast_inference and not torch.is_grad_enabled() and x.device.type == "cpu"
+                and x.dtype == self.A_log.dtype and x.dtype in (torch.float32, torch.float64)
+                and self.d_state <= scan_cpu.MAX_STATE and scan_cpu.load_kernel() is not None)
+
+    def _inference_weights(self) -> _InferenceWeights:
+        """The derived weights, rebuilt when any parameter they come from has changed: an optimizer
+        step or ``load_state_dict`` bumps a parameter's version, ``.to()`` gives it new storage."""
+        params = (self.conv_weight, self.conv_bias, self.x_proj_weight, self.dt_proj_weight, self.dt_bias, self.A_log, self.D)
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if self._inference_cache is not None and self._inference_cache[0] == key:
+            return self._inference_cache[1]
+        with torch.no_grad():
+            weights = _InferenceWeights(
+                conv_weight=self.conv_weight.detach()[:, 0, :].contiguous(),
+                conv_bias=self.conv_bias.detach(),
+                x_proj_t=self.x_proj_weight.detach().transpose(1, 2).contiguous(),
+                dt_proj_weight=self.dt_proj_weight.detach().contiguous(),
+                dt_bias=self.dt_bias.detach(),
+                A=-torch.exp(self.A_log.detach()),
+                D=self.D.detach(),
+            )
+        self._inference_cache = (key, weights)
+        return weights
+
+    def infer(self, x: Tensor) -> Tensor:
+        """``forward`` without autograd: Ns x L x C -> Ns x L x C, the same result (to rounding)
+        through the inference-only path when it can run, else ``forward`` itself."""
+        if not self._fast_path_ok(x):
+            return self.forward(x)
+        w = self._inference_weights()
+        Ns, L, C = x.shape
+        k, di = self.num_dirs, self.d_inner
+        xz = F.linear(x, self.in_proj.weight)  # Ns x L x 2Di: x, then the gate z
+        u, _ = scan_cpu.conv_silu(xz[..., :di], w.conv_weight, w.conv_bias, k)  # k x Ns x L x Di
+        xdbl = torch.bmm(u.view(k, Ns * L, di), w.x_proj_t).view(k, Ns, L, -1)  # k x Ns x L x (R + 2N)
+        y, _ = scan_cpu.gated_scan(u, xdbl, w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[..., di:])  # Ns x L x Di
+        return F.linear(y, self.out_proj.weight)  # Ns x L x C
+
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         """Zero state for ``batch`` sequences (equals the zero padding of the causal conv)."""
         if self.num_dirs != 1:
@@ -112,7 +179,27 @@ class SSMMixer(nn.Module):
         )
 
     def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
-        """One time step of the causal mixer: x Ns x C -> Ns x C and the new state."""
+        """One time step of the causal mixer: x Ns x C -> Ns x C and the new state (``step_ref``,
+        through the inference-only path when it can run)."""
+        if self.num_dirs != 1:
+            raise VimcanError("only a causal (one-direction) mixer can be stepped; build the model with streaming=True")
+        if not self._fast_path_ok(x):
+            return self.step_ref(x, state)
+        w = self._inference_weights()
+        Ns, C = x.shape
+        di = self.d_inner
+        xz = F.linear(x, self.in_proj.weight)[:, None]  # Ns x 1 x 2Di: x, then the gate z
+        u, conv = scan_cpu.conv_silu(
+            xz[..., :di], w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x 1 x Di, Ns x Di x (K - 1)
+        xdbl = torch.mm(u.view(Ns, di), w.x_proj_t[0])  # Ns x (R + 2N)
+        y, h = scan_cpu.gated_scan(
+            u, xdbl.view(1, Ns, 1, -1), w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[..., di:],
+            h0=state.ssm, want_last=True,
+        )  # Ns x 1 x Di, Ns x Di x N
+        return F.linear(y.view(Ns, di), self.out_proj.weight), SSMState(conv=conv, ssm=h)
+
+    def step_ref(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
+        """One time step of the causal mixer in plain PyTorch (the reference for ``step``)."""
         if self.num_dirs != 1:
             raise VimcanError("only a causal (one-direction) mixer can be stepped; build the model with streaming=True")
         n, r = self.d_state, self.dt_rank
@@ -175,6 +262,11 @@ class BiSTSSM(nn.Module):
         x = x + self.drop(self.mixer(self.norm1(x)))  # Ns x L x C
         return x + self.mlp(self.norm2(x))
 
+    def infer(self, x: Tensor) -> Tensor:
+        """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``)."""
+        x = x + self.drop(self.mixer.infer(self.norm1(x)))  # Ns x L x C
+        return x + self.mlp(self.norm2(x))
+
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         return self.mixer.init_state(batch, device, dtype)
 
@@ -217,16 +309,18 @@ class STMamba(nn.Module):
             group_order.extend(idx.flatten().tolist())
         self.register_buffer("_inverse", torch.argsort(torch.tensor(group_order)), persistent=False)
 
-    def spatial_mix(self, x: Tensor) -> Tensor:
-        """Spatial BiSTSSM over the tokens of each frame: Nf x J x C -> Nf x J x C."""
+    def spatial_mix(self, x: Tensor, inference: bool = False) -> Tensor:
+        """Spatial BiSTSSM over the tokens of each frame: Nf x J x C -> Nf x J x C
+        (``inference``: through ``BiSTSSM.infer``, no autograd)."""
         Nf, J, C = x.shape
+        block = self.spatial.infer if inference else self.spatial
         if self.identity_order:
-            return self.spatial(x)
+            return block(x)
         outs = []
         for i, _ in enumerate(self._group_lengths):
             idx = getattr(self, f"_group{i}")  # nseg x len
             seq = x[:, idx]  # Nf x nseg x len x C
-            y = self.spatial(seq.reshape(Nf * idx.shape[0], idx.shape[1], C))  # (Nf nseg) x len x C
+            y = block(seq.reshape(Nf * idx.shape[0], idx.shape[1], C))  # (Nf nseg) x len x C
             outs.append(y.reshape(Nf, idx.numel(), C))
         return torch.cat(outs, dim=1)[:, self._inverse]  # Nf x J x C, back in joint order
 
@@ -243,7 +337,7 @@ class STMamba(nn.Module):
     def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """One frame: x B x J x C -> B x J x C, new state (causal model only)."""
         B, J, C = x.shape
-        x = self.spatial_mix(x)
+        x = self.spatial_mix(x, inference=not torch.is_grad_enabled())
         y, state = self.temporal.step(x.reshape(B * J, C), state)
         return y.view(B, J, C), state
 
