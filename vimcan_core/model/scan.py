@@ -41,7 +41,6 @@ Backends (``ScanBackend``):
 from __future__ import annotations
 
 import logging
-import math
 from enum import Enum
 from functools import lru_cache
 
@@ -54,12 +53,16 @@ from vimcan_core.model import scan_cpu
 
 log = logging.getLogger(__name__)
 
-#: largest |cumulative log decay| allowed inside one chunk (e^60 ~ 1e26, far from float32 overflow)
+#: largest |log decay| allowed in one exponential of the chunked scan (e^60 ~ 1e26, far from float32
+#: overflow); a chunk's cumulative log decays are centred on their range, so a chunk spans up to 2 * SAFE_LOG
 SAFE_LOG = 60.0
 #: longest chunk along time (longer chunks: fewer Python iterations, larger temporaries)
 MAX_CHUNK_LEN = 128
 #: cap on the elements of one b_slice x d x l_chunk x n temporary (4M floats = 16 MB)
 MAX_CHUNK_ELEMENTS = 1 << 22
+#: the chunked forward keeps its decays and states (2 x b x d x n x l) for the backward up to this many
+#: elements each (64 MB in float32); beyond, it keeps the chunk-start states and the backward recomputes
+MAX_SAVED_ELEMENTS = 1 << 24
 
 
 class ScanBackend(Enum):
@@ -186,8 +189,7 @@ def selective_scan(
         if chosen is ScanBackend.CPU_KERNEL:  # no zero state or unused last state materialised
             y, last = scan_cpu.KernelScan.apply(u, delta, A, Bg, Cg, initial_state, return_last_state)
         else:
-            h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
-            y, last = _ChunkedScan.apply(u, delta, A, Bg, Cg, h0)
+            y, last = _ChunkedScan.apply(u, delta, A, Bg, Cg, initial_state)
     if D is not None:
         y = y + u * D[:, None]
     if z is not None:
@@ -214,144 +216,188 @@ def _scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h
     return torch.stack(ys, dim=-1), h
 
 
-def _plan(u: Tensor, delta: Tensor, A: Tensor, g: int) -> tuple[int, int]:
-    """Chunk length along time and batch slice size for the chunked scan."""
-    b, d, l = u.shape
+def _plan(delta: Tensor, A: Tensor) -> tuple[int, int, bool]:
+    """Chunk length along time, batch slice size, and whether every delta is >= 0.
+
+    A chunk [t0, t1) applies its first step explicitly, so only the steps t0 + 1 .. t1 - 1 enter
+    its exponentials: the chunk is safe when, for every row (batch, channel),
+    ``max_n |A[d, n]| * sum_{t0 < t <= t1 - 1} |delta_t| <= 2 * SAFE_LOG`` (the log decays are
+    centred on the middle of their range, so both e^{+-P} stay below e^SAFE_LOG). Chunk length 1
+    is always safe (no exponential but the explicit step's, which may underflow to 0 harmlessly).
+    One host sync in all.
+    """
+    b, d, l = delta.shape
     n = A.shape[1]
-    if u.numel() == 0:
-        return 1, 1
-    # the longest chunk (a power of two, or all of l) inside which no row's cumulative log decay
-    # sum |delta * A| exceeds SAFE_LOG (per-step values clamped as in _chunk_states)
+    if delta.numel() == 0 or n == 0:
+        return max(l, 1), max(b, 1), True
     with torch.no_grad():
-        steps = (delta.abs() * A.abs().amax(dim=1)[:, None]).clamp_(max=SAFE_LOG)  # b x d x l
-        cum = F.pad(steps.double().cumsum(-1), (1, 0))  # b x d x (l + 1), cum[..., t] = sum of steps before t
-        lc = 1
-        for cand in [min(l, MAX_CHUNK_LEN)] + [2 ** k for k in range(7, 0, -1)]:
-            if cand > min(l, MAX_CHUNK_LEN):
-                continue
-            starts = torch.arange(0, l, cand, device=u.device)
-            ends = (starts + cand).clamp(max=l)
-            if float((cum[..., ends] - cum[..., starts]).amax()) <= SAFE_LOG:
-                lc = cand
-                break
-    bs = max(1, min(b, MAX_CHUNK_ELEMENTS // max(1, d * n * lc)))
-    return lc, bs
+        rate = A.abs().amax(dim=1)  # d: the fastest |log decay| per unit of delta in each channel
+        steps = delta.abs().mul_(rate[:, None])  # b x d x l, bound on each step's |log decay|
+        t_cap = max(1, min(l, MAX_CHUNK_LEN, MAX_CHUNK_ELEMENTS // (d * n)))
+        lowest = delta.amin()
+        if t_cap == l:  # the common case: does the whole sequence fit one chunk?
+            worst = steps[..., 1:].sum(-1).amax() if l > 1 else steps.new_zeros(())
+            worst_f, lowest_f = torch.stack((worst.to(lowest.dtype), lowest)).tolist()
+            if worst_f <= 2 * SAFE_LOG:
+                return l, max(1, min(b, MAX_CHUNK_ELEMENTS // (d * n * l))), lowest_f >= 0
+        # candidate lengths, longest first, shrinking by ~15 %; each checked on every aligned chunk
+        cands, t = [], t_cap
+        while t > 1:
+            cands.append(t)
+            t = min(t - 1, int(t * 0.85))
+        cum = steps.double().cumsum(-1)  # b x d x l: cum[..., t] = sum of steps up to t
+        worst = []
+        for t in cands:
+            first = torch.arange(0, l, t, device=delta.device)
+            final = (first + (t - 1)).clamp_(max=l - 1)
+            worst.append((cum[..., final] - cum[..., first]).amax())
+        flags = torch.stack(worst + [lowest.double()]).tolist()
+        lc = next((t for t, w in zip(cands, flags[:-1]) if w <= 2 * SAFE_LOG), 1)
+        return lc, max(1, min(b, MAX_CHUNK_ELEMENTS // (d * n * lc))), flags[-1] >= 0
 
 
 class _ChunkedScan(torch.autograd.Function):
-    """Chunked closed-form scan with a recomputing backward.
+    """Chunked closed-form scan.
 
-    Shapes inside: u, delta b x g x dg x l (dg = d / g); A g x dg x n; B, C b x g x n x l;
-    per-chunk tensors bs x g x lc x dg x n (time before channels, so the contractions with
-    B and C over n are batched matrix-vector products, no copies).
+    Layout inside: every full-size temporary is ``bs x g x dg x n x lc`` (dg = d / g, time last,
+    so the cumulative sums run along the contiguous axis); u, delta are viewed as
+    ``b x g x dg x 1 x l``, B, C as ``b x g x 1 x n x l`` and A as ``g x dg x n x 1``, so every
+    outer product is one broadcast multiply.
+
+    Inside a chunk [t0, t1) the first step is applied explicitly (``h_t0 = a_t0 h_prev + x_t0``)
+    and the rest in closed form with the factorised log decays ``P_t = A (k_t - m)``, where
+    ``k_t = sum_{t0 < s <= t} delta_s`` (a cumulative sum over the small b x d x l tensor) and m
+    centres k on its range: ``E = e^P``, ``h_t = E_t sum_{t0 <= s <= t} x_s / E_s`` (with
+    ``x_t0`` standing for ``h_t0``). The forward keeps E and h for the backward when they hold at
+    most ``MAX_SAVED_ELEMENTS`` elements; otherwise it keeps only the state at each chunk start
+    and the backward recomputes the chunk. The backward solves the adjoint recurrence
+    ``gh_t = C_t gy_t + a_{t+1} gh_{t+1}`` in the same closed form,
+    ``gh_t = (1 / E_t) sum_{s >= t} E_s C_s gy_s (+ E_last carry)``, and the gradient of each
+    step's log decay is ``gh_t (h_t - x_t)`` (``= gh_t a_t h_{t-1}``).
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor):  # noqa: D401
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None):  # noqa: D401
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         dg = d // g
-        lc, bs = _plan(u, delta, A, g)
-        ut = u.view(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg (view)
-        dt = delta.view(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg (view)
-        A3 = A.view(g, dg, n)
-        Bt = B.transpose(-1, -2)  # b x g x l x n (view)
-        Ct = C.transpose(-1, -2)  # b x g x l x n (view)
-        n_chunks = math.ceil(l / lc)
-        y = u.new_empty(b, g, l, dg)
+        lc, bs, nonneg = _plan(delta, A)
+        keep = any(ctx.needs_input_grad) and b * d * n * l <= MAX_SAVED_ELEMENTS
+        d5 = delta.view(b, g, dg, 1, l)
+        du5 = (delta * u).view(b, g, dg, 1, l)
+        A5 = A.view(g, dg, n, 1)
+        B5 = B.view(b, g, 1, n, l)
+        C5 = C.view(b, g, 1, n, l)
+        h05 = h0.view(b, g, dg, n) if h0 is not None else None
+        single = bs == b and lc == l
+        y = None if single else u.new_empty(b, g, dg, l)
         last = u.new_empty(b, g, dg, n)
-        # the state at the start of every chunk after the first (the first is h0): for backward
-        starts = u.new_empty(n_chunks - 1, b, g, dg, n) if n_chunks > 1 else u.new_empty(0)
-        with torch.no_grad():
-            for b0 in range(0, b, bs):
-                b1 = min(b, b0 + bs)
-                h = h0[b0:b1].view(b1 - b0, g, dg, n)
-                for k, t0 in enumerate(range(0, l, lc)):
-                    t1 = min(l, t0 + lc)
-                    if k > 0:
-                        starts[k - 1, b0:b1] = h
-                    hs, _, _ = _chunk_states(ut[b0:b1, :, t0:t1], dt[b0:b1, :, t0:t1], A3, Bt[b0:b1, :, t0:t1], h)
-                    torch.matmul(hs, Ct[b0:b1, :, t0:t1, :, None], out=y[b0:b1, :, t0:t1, :, None])
-                    h = hs[:, :, -1]
-                last[b0:b1] = h
-        ctx.save_for_backward(u, delta, A, B, C, h0, starts)
-        ctx.plan = (lc, bs)
-        return y.transpose(-1, -2).reshape(b, d, l), last.view(b, d, n)
-
-    @staticmethod
-    def backward(ctx, gy: Tensor, glast: Tensor):
-        u, delta, A, B, C, h0, starts = ctx.saved_tensors
-        lc, bs = ctx.plan
-        b, d, l = u.shape
-        g, n = B.shape[1], B.shape[2]
-        dg = d // g
-        ut = u.view(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg
-        dt = delta.view(b, g, dg, l).transpose(-1, -2)
-        A3 = A.view(g, dg, n)
-        Bt = B.transpose(-1, -2)  # b x g x l x n
-        Ct = C.transpose(-1, -2)
-        if gy is None:
-            gy = u.new_zeros(b, d, l)
-        gyt = gy.reshape(b, g, dg, l).transpose(-1, -2)  # b x g x l x dg
-        g_u = u.new_empty(b, g, l, dg)
-        g_delta = u.new_empty(b, g, l, dg)
-        g_A = torch.zeros_like(A3)
-        g_B = u.new_empty(b, g, l, n)
-        g_C = u.new_empty(b, g, l, n)
-        g_h0 = u.new_empty(b, g, dg, n)
-        chunk_starts = list(range(0, l, lc))
+        kept: list[Tensor] = []  # E, h of every (batch slice, chunk), or the state entering each chunk
         for b0 in range(0, b, bs):
             b1 = min(b, b0 + bs)
-            # adjoint of the state after the chunk: the gradient reaching h_{t1 - 1} from later on
-            carry = (glast[b0:b1].view(b1 - b0, g, dg, n) if glast is not None
-                     else u.new_zeros(b1 - b0, g, dg, n))
-            for k in reversed(range(len(chunk_starts))):
-                t0 = chunk_starts[k]
+            h = h05[b0:b1] if h05 is not None else None
+            for t0 in range(0, l, lc):
                 t1 = min(l, t0 + lc)
-                h_start = h0[b0:b1].view(b1 - b0, g, dg, n) if k == 0 else starts[k - 1, b0:b1]
-                uc, dc = ut[b0:b1, :, t0:t1], dt[b0:b1, :, t0:t1]  # bs x g x lc x dg
-                Bc, Cc = Bt[b0:b1, :, t0:t1], Ct[b0:b1, :, t0:t1]  # bs x g x lc x n
-                gyc = gyt[b0:b1, :, t0:t1]  # bs x g x lc x dg
-                hs, x, E = _chunk_states(uc, dc, A3, Bc, h_start)  # bs x g x lc x dg x n each
-                # adjoint recurrence gh_t = C_t gy_t + a_{t+1} gh_{t+1}, solved backwards in closed form:
-                # gh_t = e^{-c_t} (sum_{s>=t} e^{c_s} C_s gy_s + e^{c_last} carry)
-                w = gyc[..., None] * Cc[:, :, :, None, :]  # bs x g x lc x dg x n
-                w.mul_(E)
-                gh = w.flip(2).cumsum(2).flip(2)
-                gh.add_(E[:, :, -1:] * carry[:, :, None]).div_(E)
-                g_C[b0:b1, :, t0:t1] = torch.matmul(gyc[..., None, :], hs).squeeze(-2)  # bs x g x lc x n
-                du = dc * uc  # bs x g x lc x dg
-                g_B[b0:b1, :, t0:t1] = torch.matmul(du[..., None, :], gh).squeeze(-2)
-                g_du = torch.matmul(gh, Bc[..., None]).squeeze(-1)  # bs x g x lc x dg
-                # d h_t / d(delta_t A) = a_t h_{t-1} = h_t - x_t
-                g_dA = hs.sub_(x).mul_(gh)  # bs x g x lc x dg x n
-                carry = gh[:, :, 0] * torch.exp(dc[:, :, 0, :, None] * A3)  # adjoint of h_start
-                g_delta[b0:b1, :, t0:t1] = (g_dA * A3[:, None]).sum(-1) + g_du * uc
-                g_u[b0:b1, :, t0:t1] = g_du * dc
-                g_A += (g_dA.mul_(dc[..., None])).sum((0, 2))
-            g_h0[b0:b1] = carry
+                if not keep:
+                    kept.append(h.contiguous() if h is not None else u.new_zeros(0))
+                E, H = _chunk_states(d5[b0:b1, ..., t0:t1], du5[b0:b1, ..., t0:t1], A5, B5[b0:b1, ..., t0:t1], h, nonneg)
+                yc = torch.mul(H, C5[b0:b1, ..., t0:t1]).sum(3)  # bs x g x dg x lc
+                if single:
+                    y = yc
+                else:
+                    y[b0:b1, ..., t0:t1] = yc
+                if keep:
+                    kept += [E, H]
+                h = H[..., -1]
+            last[b0:b1] = h
+        ctx.save_for_backward(u, delta, A, B, C, h0, *kept)
+        ctx.plan = (lc, bs, nonneg, keep)
+        return y.view(b, d, l), last.view(b, d, n)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor | None, glast: Tensor | None):
+        u, delta, A, B, C, h0, *kept = ctx.saved_tensors
+        lc, bs, nonneg, keep = ctx.plan
+        b, d, l = u.shape
+        g, n = B.shape[1], B.shape[2]
+        dg = d // g
+        u5 = u.view(b, g, dg, 1, l)
+        d5 = delta.view(b, g, dg, 1, l)
+        du5 = (delta * u).view(b, g, dg, 1, l)
+        A5 = A.view(g, dg, n, 1)
+        A4 = A.view(g, dg, 1, n)
+        B5 = B.view(b, g, 1, n, l)
+        C5 = C.view(b, g, 1, n, l)
+        gy5 = gy.reshape(b, g, dg, 1, l) if gy is not None else u.new_zeros(b, g, dg, 1, l)
+        g_u = u.new_empty(b, g, dg, l)
+        g_delta = u.new_empty(b, g, dg, l)
+        g_A = A.new_zeros(g, dg, n)
+        g_B = u.new_empty(b, g, n, l)
+        g_C = u.new_empty(b, g, n, l)
+        g_h0 = u.new_empty(b, g, dg, n) if h0 is not None else None
+        starts = list(range(0, l, lc))
+        n_chunks = len(starts)
+        for i_slice, b0 in enumerate(range(0, b, bs)):
+            b1 = min(b, b0 + bs)
+            # adjoint of the state leaving the chunk (the gradient reaching h_{t1 - 1} from later on)
+            carry = glast[b0:b1].view(b1 - b0, g, dg, n) if glast is not None else None
+            for k in reversed(range(n_chunks)):
+                t0 = starts[k]
+                t1 = min(l, t0 + lc)
+                sl = (slice(b0, b1), Ellipsis, slice(t0, t1))
+                dc, duc, uc, gyc = d5[sl], du5[sl], u5[sl], gy5[sl]  # bs x g x dg x 1 x lc
+                Bc, Cc = B5[sl], C5[sl]  # bs x g x 1 x n x lc
+                if keep:
+                    E, H = kept[2 * (i_slice * n_chunks + k)], kept[2 * (i_slice * n_chunks + k) + 1]
+                else:
+                    h_in = kept[i_slice * n_chunks + k]
+                    E, H = _chunk_states(dc, duc, A5, Bc, h_in if h_in.numel() else None, nonneg)
+                # G_t = sum_{s >= t} E_s C_s gy_s + E_last carry; gh = G / E   (bs x g x dg x n x lc)
+                V = torch.mul(Cc, gyc).mul_(E)
+                if carry is not None:
+                    V[..., -1].addcmul_(E[..., -1], carry)
+                gh = V.flip(-1).cumsum_(-1).flip(-1).div_(E)
+                g_C[sl] = torch.mul(H, gyc, out=V).sum(2)  # bs x g x n x lc
+                g_B[sl] = torch.mul(gh, duc, out=V).sum(2)
+                ghB = torch.mul(gh, Bc, out=V)
+                g_du = ghB.sum(3)  # bs x g x dg x lc
+                # gradient of each step's log decay delta_t A: gh_t a_t h_{t-1} = gh_t (h_t - x_t)
+                M = torch.mul(gh, H).addcmul_(ghB, duc, value=-1.0)  # bs x g x dg x n x lc
+                g_delta[sl] = torch.matmul(A4, M).squeeze(3).addcmul_(g_du, uc.squeeze(3))
+                g_u[sl] = g_du.mul_(dc.squeeze(3))
+                g_A += M.mul_(dc).sum((0, 4))
+                # adjoint of the state entering the chunk: a_t0 gh_t0
+                carry = torch.exp(dc[..., 0] * A5[..., 0]).mul_(gh[..., 0])  # bs x g x dg x n
+            if g_h0 is not None:
+                g_h0[b0:b1] = carry
         return (
-            g_u.transpose(-1, -2).reshape(b, d, l),
-            g_delta.transpose(-1, -2).reshape(b, d, l),
+            g_u.view(b, d, l),
+            g_delta.view(b, d, l),
             g_A.view(d, n),
-            g_B.transpose(-1, -2),
-            g_C.transpose(-1, -2),
-            g_h0.view(b, d, n),
+            g_B,
+            g_C,
+            g_h0.view(b, d, n) if g_h0 is not None else None,
         )
 
 
-def _chunk_states(u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, h_start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """States of one chunk in closed form.
+def _chunk_states(delta: Tensor, du: Tensor, A: Tensor, B: Tensor, h_prev: Tensor | None,
+                  nonneg: bool) -> tuple[Tensor, Tensor]:
+    """Decays and states of one chunk in closed form.
 
-    u, delta: bs x g x lc x dg; A: g x dg x n; Bt: bs x g x lc x n; h_start: bs x g x dg x n.
-    Returns (h, x, E), each bs x g x lc x dg x n: the states
-    h_t = e^{c_t} (h_start + sum_{s<=t} e^{-c_s} x_s), the inputs x_t = delta_t u_t B_t and
-    E = e^{c}, with c_t = sum_{s<=t} delta_s A the cumulative log decay (|c| <= SAFE_LOG).
+    delta, du (= delta * u): bs x g x dg x 1 x lc; A: g x dg x n x 1; B: bs x g x 1 x n x lc;
+    h_prev (the state before the chunk, None for zero): bs x g x dg x n.
+    Returns (E, h), each bs x g x dg x n x lc: ``E_t = exp(A (k_t - m))`` with
+    ``k_t = sum_{t0 < s <= t} delta_s`` and m the middle of k's range (so |A (k - m)| <= SAFE_LOG
+    when ``_plan`` chose the chunk), and the states h_t.
     """
-    # one-step decays below e^-SAFE_LOG (~1e-26) are clamped there: a state that decays faster is
-    # zero to float precision either way, and the division by E below stays finite
-    E = (delta[..., None] * A[None, :, None]).clamp_(min=-SAFE_LOG).cumsum_(2).exp_()  # bs x g x lc x dg x n
-    x = (delta * u)[..., None] * Bt[:, :, :, None, :]  # bs x g x lc x dg x n
-    h = (x / E).cumsum_(2)
-    h.add_(h_start[:, :, None]).mul_(E)
-    return h, x, E
+    k = delta.cumsum(-1)  # bs x g x dg x 1 x lc; differs from k_t by delta_t0, which m absorbs
+    if nonneg:
+        mid = (k[..., :1] + k[..., -1:]).mul_(0.5)
+    else:
+        mid = (k.amax(-1, keepdim=True) + k.amin(-1, keepdim=True)).mul_(0.5)
+    E = torch.mul(k.sub_(mid), A).exp_()  # bs x g x dg x n x lc
+    W = torch.mul(B, du).div_(E)  # x_t / E_t
+    if h_prev is not None:  # the chunk's first step applied explicitly: x_t0 += a_t0 h_prev
+        W[..., 0].addcdiv_(torch.exp(delta[..., 0] * A[..., 0]).mul_(h_prev), E[..., 0])
+    H = W.cumsum_(-1).mul_(E)
+    return E, H
