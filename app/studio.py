@@ -89,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def live_settings(settings):
+    """``--live``: the settings without the simulated defaults ("sim" devices and camera), which have no
+    place among real devices; what is left (possibly nothing) is what the studio opens."""
+    from dataclasses import replace
+
+    kept = [(d, s) for d, s in zip(settings.devices, settings.sites or [""] * len(settings.devices))
+            if not d.startswith("sim")]
+    sites = tuple(s for _, s in kept) if len(settings.sites) == len(settings.devices) else ()
+    return replace(settings, devices=tuple(d for d, _ in kept), sites=sites,
+                   camera="" if settings.camera in ("sim", "none") else settings.camera)
+
+
 def display_available() -> bool:
     if sys.platform.startswith(("win", "darwin")):
         return True
@@ -156,11 +168,7 @@ def _run(args: argparse.Namespace, headless: bool) -> int:
     if args.camera is not None:
         settings = replace(settings, camera=args.camera)
     if args.live and not args.demo:
-        # the simulated defaults have no place among real devices: start from what is real
-        settings = replace(settings, devices=tuple(d for d in settings.devices if not d.startswith("sim")),
-                           camera="" if settings.camera in ("sim", "none") else settings.camera)
-        if len(settings.sites) != len(settings.devices):
-            settings = replace(settings, sites=())
+        settings = live_settings(settings)
     demo = args.demo or (not args.live and not uses_hardware(settings))
     if not demo:
         log.info("live devices: %s, camera %r", ", ".join(settings.devices), settings.camera or "none")

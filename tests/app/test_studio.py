@@ -249,7 +249,18 @@ def test_studio_command_line(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "--headless" in out and "--demo" in out and "--seconds" in out
+    assert "--headless" in out and "--demo" in out and "--seconds" in out and "--live" in out
+
+    # --live: real devices only; the simulated defaults are dropped, real ones keep their sites
+    from app.settings import StudioSettings
+    from app.studio import live_settings
+
+    assert live_settings(StudioSettings()) == StudioSettings(devices=(), camera="")
+    mixed = StudioSettings(devices=("sim", "witmotion:/dev/ttyUSB0", "line:COM4"), sites=("head", "pelvis", "left_forearm"),
+                           camera="camera:0")
+    live = live_settings(mixed)
+    assert live.devices == ("witmotion:/dev/ttyUSB0", "line:COM4") and live.sites == ("pelvis", "left_forearm")
+    assert live.camera == "camera:0"
 
 
 def test_headless_demo_without_a_display_saves_a_screenshot_and_a_take(tmp_path):

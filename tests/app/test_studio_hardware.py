@@ -336,4 +336,11 @@ def test_real_drivers_from_no_devices_to_recording(qtbot, tmp_path, output_dir, 
     for site in ImuSite:  # every IMU's samples, at about its rate
         assert per_device.get(rig.device_id(site), 0) >= 0.5 * IMU_RATE_HZ * meta.duration_s, per_device
     assert (folder / "take.bvh").is_file() and bursts > 0
+
+    # the next start opens the same devices at the same sites (not started here)
+    from app.live import build_hardware_pipeline
+
+    again = build_hardware_pipeline(window.settings)
+    assert {s: d.device_id for s, d in again.imus.items()} == {s: rig.device_id(s) for s in ImuSite}
+    assert again.camera is not None and again.camera.kind == DeviceKind.CAMERA
     (output_dir / "take.json").write_text((folder / "take.json").read_text())
