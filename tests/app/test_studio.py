@@ -337,6 +337,7 @@ def test_calibration_wizard_from_the_window(qtbot, tmp_path, output_dir, monkeyp
     assert rig.performer.script.motion == Motion.POSE  # ... then for the heading pose
     qtbot.wait(300)
     studio.save_screenshot(output_dir / "wizard_heading_pose_over_studio.png")
+    wizard.grab().save(str(output_dir / "wizard_heading_pose.png"))
     qtbot.waitUntil(lambda: page.phase in (Phase.DONE, Phase.FAILED), timeout=30000)
     assert page.phase == Phase.DONE, page.status.text()
     assert page.restarts == 0, "the performer held each pose still"

@@ -316,6 +316,23 @@ def test_real_drivers_from_no_devices_to_recording(qtbot, tmp_path, output_dir, 
         window.save_screenshot(output_dir / "3_recording.png")
         with qtbot.waitSignal(window.record_panel.stopped, timeout=30000):
             window.record_panel.stop()
+        settings = window.settings
+
+        # a sensor taken off: select its row, Remove; the model goes on with the five others
+        head_row = next(i for i, r in enumerate(panel.row_texts()) if r[0] == rig.device_id(ImuSite.HEAD))
+        panel.table.selectRow(head_row)
+        panel.remove_button.click()
+        assert ImuSite.HEAD not in window.pipeline.imus and len(panel.row_texts()) == NUM_IMUS
+        assert rig.spec(ImuSite.HEAD) not in window.settings.devices and "head" not in window.settings.sites
+        qtbot.waitUntil(lambda: "IMU missing: head" in window.pipeline.pose_source.status_message, timeout=10000)
+        # the camera unplugged for good: removed, the IMUs keep streaming
+        panel.table.clearSelection()
+        panel.table.selectRow(len(panel.row_texts()) - 1)
+        panel.remove_button.click()
+        assert window.pipeline.camera is None and window.settings.camera == ""
+        qtbot.waitUntil(lambda: len(panel.row_texts()) == NUM_IMUS - 1
+                        and all(r[2] == "streaming" for r in panel.row_texts()), timeout=10000)
+        window.save_screenshot(output_dir / "4_removed_head_and_camera.png")
         window.close()
         bursts = rig.bursts
 
@@ -340,7 +357,7 @@ def test_real_drivers_from_no_devices_to_recording(qtbot, tmp_path, output_dir, 
     # the next start opens the same devices at the same sites (not started here)
     from app.live import build_hardware_pipeline
 
-    again = build_hardware_pipeline(window.settings)
+    again = build_hardware_pipeline(settings)
     assert {s: d.device_id for s, d in again.imus.items()} == {s: rig.device_id(s) for s in ImuSite}
     assert again.camera is not None and again.camera.kind == DeviceKind.CAMERA
     (output_dir / "take.json").write_text((folder / "take.json").read_text())
