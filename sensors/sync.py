@@ -16,6 +16,17 @@ nearer one alone when only one is (the newest sample is held while the next is i
 flight); otherwise the IMU is missing for that frame (NaN rows, ``imu_present`` False).
 Free accelerations are interpolated linearly with the same weights.
 
+A sample within ``snap_s`` of t is used alone (the nearer, when two are). The placement
+of a sample on the host clock is itself only good to a fraction of a millisecond (the
+minimum filter's floor, the clock drift inside its window), so a slerp step shorter than
+that adds no accuracy; what it would add is a second, older input. That matters for
+latency: a camera whose frames fall on the IMU sample grid (the demo rig, hardware-
+triggered rigs) puts its frame instant a hair before the sample measured at that instant,
+and interpolating would then mix in the previous sample (weight < 1 %) and wait for,
+or date the pose from, an input one IMU period older than the frame. The cost is an
+orientation error of at most ``angular speed x snap_s``: 0.57 deg at 10 rad/s with the
+default 1 ms (``SyncConfig.snap_s = 0`` turns snapping off).
+
 The same pairing runs offline on arrays (``pair_track`` / ``sync_offline``), to re-solve
 a recorded take from its raw samples.
 """
@@ -41,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLOCK_AHEAD_S = 0.002  # a device-timestamped instant may be this much after its arrival (estimate noise)
 MAX_CLOCK_BEHIND_S = 1.0  # ... and at most this much before it
+DEFAULT_SNAP_S = 0.001  # a frame instant this close to a sample takes that sample alone (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,12 @@ class SyncConfig:
     max_staleness_s: float = 0.1  # a sensor with no sample this close to the frame time is missing
     use_device_clock: bool = True  # place samples by their device timestamps (clock-offset corrected)
     history: int = 256  # samples kept per IMU for interpolation (about 4 s at 60 Hz)
+    snap_s: float = DEFAULT_SNAP_S  # a sample this close to the frame instant is used alone (0: always interpolate)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.snap_s < self.max_staleness_s:
+            raise ValueError(f"SyncConfig.snap_s must be in [0, max_staleness_s = {self.max_staleness_s} s), "
+                             f"got {self.snap_s} s")
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,7 @@ def pair_track(
     acc_free_mps2: np.ndarray | None,
     query_times_s: np.ndarray,
     max_staleness_s: float = 0.1,
+    snap_s: float = DEFAULT_SNAP_S,
 ) -> TrackPairing:
     """Interpolate one IMU's samples at the query times (see the module docstring).
 
@@ -78,6 +97,7 @@ def pair_track(
         acc_free_mps2: N x 3 or None.
         query_times_s: F frame instants.
         max_staleness_s: how far a usable sample may be from a query time.
+        snap_s: a sample this close to a query time is used alone.
     """
     times = np.asarray(sample_times_s, dtype=np.float64)
     quats = np.asarray(quat_wxyz, dtype=np.float64)
@@ -100,19 +120,23 @@ def pair_track(
     ia = np.clip(i, 0, n - 1)
     gap_b = np.where(i > 0, query - times[ib], np.inf)
     gap_a = np.where(i < n, times[ia] - query, np.inf)
-    ok_b = gap_b <= max_staleness_s
-    ok_a = gap_a <= max_staleness_s
+    snap_b = (gap_b <= snap_s) & (gap_b <= gap_a)  # the sample at or just before is the query's own
+    snap_a = (gap_a <= snap_s) & ~snap_b  # ... or the one just after
+    ok_b = (gap_b <= max_staleness_s) & ~snap_a
+    ok_a = (gap_a <= max_staleness_s) & ~snap_b
     both = ok_b & ok_a
     span = np.where(both, times[ia] - times[ib], 1.0)
     u = np.where(both & (span > 0), gap_b / np.where(span > 0, span, 1.0), 0.0)  # 0 at 'before', 1 at 'after'
-    u = np.where(~ok_b & ok_a, 1.0, u)  # only the next sample is close: hold it
+    u = np.where(~ok_b & ok_a, 1.0, u)  # only the next sample is used: hold it
     present = ok_b | ok_a
+    lo = np.where(ok_b, ib, ia)  # F, the pair to interpolate between (the same index twice when held)
+    hi = np.where(ok_a, ia, ib)
     if np.any(present):
         sel = np.flatnonzero(present)
-        out_q[sel] = quat_slerp(quats[ib[sel]], quats[ia[sel]], u[sel])
+        out_q[sel] = quat_slerp(quats[lo[sel]], quats[hi[sel]], u[sel])
         if acc_free_mps2 is not None:
             acc = np.asarray(acc_free_mps2, dtype=np.float64)
-            out_a[sel] = (1.0 - u[sel, None]) * acc[ib[sel]] + u[sel, None] * acc[ia[sel]]
+            out_a[sel] = (1.0 - u[sel, None]) * acc[lo[sel]] + u[sel, None] * acc[hi[sel]]
     before = np.where(ok_b, ib, -1)
     after = np.where(ok_a & (u > 0), ia, -1)
     return TrackPairing(out_q, out_a, present, before, after)
@@ -142,6 +166,7 @@ def sync_offline(
     frame_times_s: np.ndarray,
     tracks: Mapping[ImuSite, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     max_staleness_s: float = 0.1,
+    snap_s: float = DEFAULT_SNAP_S,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair recorded IMU tracks with frame times.
 
@@ -149,6 +174,7 @@ def sync_offline(
         frame_times_s: F frame instants (host clock).
         tracks: per site, (sample times N, sorted; quats N x 4; acc N x 3 or None).
             Use ``sample_times_offline`` to turn raw timestamps into sample times.
+        max_staleness_s, snap_s: as in ``pair_track``.
 
     Returns:
         (quats F x 6 x 4 NaN where missing, acc F x 6 x 3, present F x 6 bool), in ``ImuSite`` order.
@@ -159,7 +185,7 @@ def sync_offline(
     acc = np.full((f, NUM_IMUS, 3), np.nan)
     present = np.zeros((f, NUM_IMUS), bool)
     for site, (times, q, a) in tracks.items():
-        p = pair_track(times, q, a, frame_times_s, max_staleness_s)
+        p = pair_track(times, q, a, frame_times_s, max_staleness_s, snap_s)
         s = int(ImuSite(site))
         quats[:, s], acc[:, s], present[:, s] = p.quat_wxyz, p.acc_free_mps2, p.present
     return quats, acc, present
@@ -227,13 +253,19 @@ class _Track:
         return times, quats, acc, host
 
 
-def _pair_one(times: np.ndarray, t: float, stale_s: float) -> tuple[int, int, float] | None:
+def _pair_one(times: np.ndarray, t: float, stale_s: float, snap_s: float = DEFAULT_SNAP_S) -> tuple[int, int, float] | None:
     """``pair_track`` for one query time (the live path): the indices of the two samples to
     interpolate between and the weight of the second (the same index twice when held), or None."""
     n = len(times)
     i = int(np.searchsorted(times, t, side="right"))
-    ok_b = i > 0 and t - times[i - 1] <= stale_s
-    ok_a = i < n and times[i] - t <= stale_s
+    gap_b = t - times[i - 1] if i > 0 else np.inf
+    gap_a = times[i] - t if i < n else np.inf
+    if gap_b <= snap_s and gap_b <= gap_a:  # the frame's own sample: no slerp with an older one
+        return i - 1, i - 1, 0.0
+    if gap_a <= snap_s:
+        return i, i, 0.0
+    ok_b = gap_b <= stale_s
+    ok_a = gap_a <= stale_s
     if ok_b and ok_a:
         span = times[i] - times[i - 1]
         u = float((t - times[i - 1]) / span) if span > 0 else 0.0
@@ -278,13 +310,15 @@ class Synchronizer:
 
     def imus_ready(self, imus: Mapping[ImuSite, Device], time_s: float) -> bool:
         """True when every live IMU (one with a sample within the staleness limit) has a
-        sample after ``time_s``, so the frame can be interpolated rather than held."""
+        sample after ``time_s`` (or within ``snap_s`` before it, which is used alone), so
+        the frame can be interpolated rather than held."""
+        cfg = self.config
         for device in imus.values():
             track = self._track(device)
             if track.count == 0:
                 continue
-            newest = float(track.times(device, self.config.use_device_clock, track.count - 1)[0])
-            if time_s - self.config.max_staleness_s <= newest < time_s:
+            newest = float(track.times(device, cfg.use_device_clock, track.count - 1)[0])
+            if time_s - cfg.max_staleness_s <= newest < time_s - cfg.snap_s:
                 return False
         return True
 
@@ -306,7 +340,9 @@ class Synchronizer:
         oldest = frame.host_time_s if frame is not None else t
         # the frame time is recent: a window of about a second of samples is plenty
         window = max(8, int(self.config.max_staleness_s * 600) + 4)
-        rows, q_a, q_b, weights = [], [], [], []
+        q_a = np.empty((NUM_IMUS, 4))  # 6 x 4, the pair each sensor is interpolated between
+        q_b = np.empty((NUM_IMUS, 4))
+        weights = np.zeros(NUM_IMUS)  # 6, weight of q_b
         for site, device in imus.items():
             track = self._track(device)
             if track.count == 0:
@@ -315,20 +351,17 @@ class Synchronizer:
             if len(times) < track.count and t < times[0]:
                 # an older instant (re-solving, tests): search the whole history
                 times, q, a, host = track.window(device, self.config.use_device_clock, track.count)
-            paired = _pair_one(times, t, self.config.max_staleness_s)
+            paired = _pair_one(times, t, self.config.max_staleness_s, self.config.snap_s)
             if paired is None:
                 continue
             ib, ia, u = paired
             s = int(ImuSite(site))
-            rows.append(s)
-            q_a.append(q[ib])
-            q_b.append(q[ia])
-            weights.append(u)
-            acc[s] = (1.0 - u) * a[ib] + u * a[ia]
+            q_a[s], q_b[s], weights[s] = q[ib], q[ia], u
+            acc[s] = a[ib] if ia == ib else (1.0 - u) * a[ib] + u * a[ia]
             present[s] = True
-            oldest = min(oldest, float(host[ib]) if u == 0.0 else float(min(host[ib], host[ia])))
-        if rows:  # one vectorised slerp for all sensors
-            quats[rows] = quat_slerp(np.array(q_a), np.array(q_b), np.array(weights))
+            oldest = min(oldest, float(host[ib]), float(host[ia]))
+        if present.any():  # one vectorised slerp for all sensors
+            quats[present] = quat_slerp(q_a[present], q_b[present], weights[present])
         return SyncedFrame(
             frame_index=next(self._frame_counter),
             time_s=t,

@@ -213,3 +213,78 @@ def test_a_device_clock_that_restarts_on_reconnect_falls_back_to_arrival_times()
     assert f.imu_present[ImuSite.RIGHT_FOREARM]
     # placed by arrival (minus the known latency): exact here, as delivery had no jitter
     assert quat_angle(f.imu_quat_wxyz[ImuSite.RIGHT_FOREARM], motion(1, np.array(T0 + 3.0))[0]) < 1e-6
+
+
+def grid_imu(placement_s: float, use_arrival: bool, n: int = 30) -> tuple[ReplayImu, np.ndarray]:
+    """A 60 Hz IMU whose samples land ``placement_s`` after their true instants on the host
+    clock (a constant transport delay; by device clock, or by arrival with a configured latency
+    that is ``placement_s`` short). Returns (device with n samples delivered, true instants)."""
+    t_true = T0 + np.arange(n + 1) / 60.0
+    q, acc = motion(0, t_true)
+    delay = LATENCY_S + max(placement_s, 0.0) if not use_arrival else LATENCY_S + placement_s
+    samples = [ImuSample("grid", float(t + delay), float(t - T0 + 300.0) if not use_arrival else None,
+                         tuple(q[k]), tuple(acc[k]), seq=k) for k, t in enumerate(t_true)]
+    dev = ReplayImu("grid", DeviceConfig(latency_s=LATENCY_S))
+    dev._deliver(samples[:n])
+    dev.pending = samples[n:]  # the next sample, still in flight
+    return dev, t_true
+
+
+def test_a_frame_on_the_imu_grid_takes_its_own_sample_and_is_dated_from_its_capture() -> None:
+    # the demo rig's case: frame k is captured at IMU sample k's instant; by the device clock the
+    # sample lands 0.3 ms after the frame instant (the minimum filter's floor)
+    dev, t_true = grid_imu(0.0003, use_arrival=False)
+    imus = {ImuSite.LEFT_FOREARM: dev}
+    t = float(t_true[29])
+    snapped = Synchronizer().synchronize(imus, frame_at(t))
+    q_true = motion(0, np.array(t))[0]
+    assert quat_angle(snapped.imu_quat_wxyz[0], q_true) < 1e-9  # exactly the sample at the frame's instant
+    np.testing.assert_allclose(snapped.imu_acc_free_mps2[0], motion(0, np.array(t))[1], atol=1e-9)
+    assert snapped.sample_host_time_s == t  # no input older than the frame: latency counts from the capture
+    # always interpolating mixes in the previous sample (weight under 2 %) and dates the pose from its arrival
+    mixed = Synchronizer(SyncConfig(snap_s=0.0)).synchronize(imus, frame_at(t))
+    assert 0 < quat_angle(mixed.imu_quat_wxyz[0], q_true) < 0.02 * OMEGA_RPS / 60
+    assert mixed.sample_host_time_s == pytest.approx(t_true[28] + LATENCY_S + 0.0003, abs=1e-9)
+    assert t - mixed.sample_host_time_s > 0.012
+
+
+def test_a_sample_just_before_the_frame_needs_no_wait_for_the_next_one() -> None:
+    # placed by arrival 0.4 ms before the frame instant (the transport beat the configured latency)
+    dev, t_true = grid_imu(-0.0004, use_arrival=True)
+    imus = {ImuSite.HEAD: dev}
+    t = float(t_true[29])
+    cfg = SyncConfig(use_device_clock=False)
+    assert Synchronizer(cfg).imus_ready(imus, t)
+    f = Synchronizer(cfg).synchronize(imus, frame_at(t))
+    assert quat_angle(f.imu_quat_wxyz[ImuSite.HEAD], motion(0, np.array(t))[0]) < 1e-9
+    # without snapping the frame waits for sample 30, 16.7 ms later
+    strict = Synchronizer(SyncConfig(use_device_clock=False, snap_s=0.0))
+    assert not strict.imus_ready(imus, t)
+    dev._deliver(dev.pending)
+    assert strict.imus_ready(imus, t)
+    # a frame 2 ms after a sample is interpolated (samples sit 0.4 ms early on the host clock here)
+    # and waits for the sample after it
+    far = float(t_true[29]) + 0.002
+    assert not Synchronizer(cfg).imus_ready({ImuSite.HEAD: grid_imu(-0.0004, use_arrival=True)[0]}, far)
+    assert quat_angle(Synchronizer(cfg).synchronize(imus, frame_at(far)).imu_quat_wxyz[ImuSite.HEAD],
+                      motion(0, np.array(far + 0.0004))[0]) < 1e-12
+
+
+def test_pair_track_snaps_like_the_live_path_and_snap_s_is_checked() -> None:
+    times = np.array([0.0, 1 / 60, 2 / 60, 3 / 60])
+    quats = quat_from_rotvec(np.outer(times, [0.0, OMEGA_RPS, 0.0]))
+    acc = np.outer(times, [1.0, 0.0, 0.0])
+    query = np.array([1 / 60 - 0.0005, 1 / 60 + 0.0008, 1 / 60 + 0.005, 2 / 60 - 0.002])
+    p = pair_track(times, quats, acc, query, max_staleness_s=0.1, snap_s=0.001)
+    assert quat_angle(p.quat_wxyz[0], quats[1]) < 1e-12 and quat_angle(p.quat_wxyz[1], quats[1]) < 1e-12
+    np.testing.assert_allclose(p.acc_free_mps2[:2], acc[[1, 1]], atol=1e-12)
+    assert p.before.tolist()[:2] == [-1, 1] and p.after.tolist()[:2] == [1, -1]  # the one sample used
+    for k in (2, 3):  # 5 ms and 2 ms away: interpolated
+        assert quat_angle(p.quat_wxyz[k], quat_from_rotvec(np.array([0.0, OMEGA_RPS * query[k], 0.0]))) < 1e-12
+    assert (p.before[2], p.after[2]) == (1, 2)
+    exact = pair_track(times, quats, acc, query, max_staleness_s=0.1, snap_s=0.0)
+    assert quat_angle(exact.quat_wxyz[0], quat_from_rotvec(np.array([0.0, OMEGA_RPS * query[0], 0.0]))) < 1e-12
+    with pytest.raises(ValueError, match="snap_s"):
+        SyncConfig(snap_s=-0.001)
+    with pytest.raises(ValueError, match="snap_s"):
+        SyncConfig(max_staleness_s=0.05, snap_s=0.05)
