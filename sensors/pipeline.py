@@ -53,7 +53,7 @@ class PipelineConfig:
 
     camera_rate_hz: float = 30.0  # IMU-only tick rate when there is no camera or it is lost
     sync: SyncConfig = field(default_factory=SyncConfig)
-    imu_wait_s: float = 0.03  # a frame may wait this long for the IMU samples just after it
+    imu_wait_s: float = 0.03  # a frame may wait this long for the IMU samples just after it (see sync.SyncConfig.snap_s)
     camera_timeout_s: float = 0.3  # no camera frame for this long: run on the IMUs alone
     imu_only_delay_s: float = 0.03  # IMU-only instants lag "now" by this, so samples after them have arrived
     poll_s: float = 0.002  # how often the thread looks for new frames
@@ -78,6 +78,14 @@ class PipelineStats:
     source_errors: int  # frames on which the pose source raised
     last_error: str | None
     devices: dict[str, DeviceStats]
+    # where a camera frame's time goes, median ms over the recent frames (STAGES order); empty before the first
+    stage_ms_median: dict[str, float] = field(default_factory=dict)
+
+
+#: the stages of ``PipelineStats.stage_ms_median``, in order: capture instant -> the pipeline
+#: thread has the frame (the camera's own delivery delay plus the pick-up), waiting for the
+#: IMU samples around the frame's instant, pairing them, the pose source, fan-out to the queues
+STAGES = ("camera_to_pipeline", "imu_wait", "sync", "pose_source", "fan_out")
 
 
 class CapturePipeline:
@@ -107,6 +115,7 @@ class CapturePipeline:
         self._stats_lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=self.config.stats_window)
         self._out_times: deque[float] = deque(maxlen=self.config.stats_window)
+        self._stage_s: deque[tuple[float, ...]] = deque(maxlen=self.config.stats_window)  # len(STAGES) each
         self._poses = 0
         self._frames_in = 0
         self._frames_dropped = 0
@@ -134,6 +143,7 @@ class CapturePipeline:
         with self._stats_lock:
             self._latencies.clear()
             self._out_times.clear()
+            self._stage_s.clear()
             self._poses = self._frames_in = self._frames_dropped = self._imu_only = self._errors = 0
             self._last_error = None
         with self._source_lock:
@@ -192,6 +202,7 @@ class CapturePipeline:
         now = time.monotonic()
         with self._stats_lock:
             lat = np.array(self._latencies) * 1e3
+            stages = np.median(np.array(self._stage_s), axis=0) * 1e3 if self._stage_s else None  # len(STAGES)
             recent = [t for t in self._out_times if now - t <= 2.0]
             rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
             return PipelineStats(
@@ -207,6 +218,7 @@ class CapturePipeline:
                 source_errors=self._errors,
                 last_error=self._last_error,
                 devices={d.device_id: d.stats() for d in self.devices()},
+                stage_ms_median={} if stages is None else dict(zip(STAGES, stages.tolist())),
             )
 
     # ---------------------------------------------------------------- the thread
@@ -232,7 +244,9 @@ class CapturePipeline:
                 if frame is not None:
                     latency = self.camera.config.latency_s
                     self._wait_for_imus(frame.host_time_s - latency)
-                    self._process(self._sync.synchronize(self.imus, frame, camera_latency_s=latency))
+                    waited = time.monotonic()
+                    synced = self._sync.synchronize(self.imus, frame, camera_latency_s=latency)
+                    self._process(synced, (now - synced.time_s, waited - now, time.monotonic() - waited))
                     next_tick = time.monotonic() + period
                 elif (self.camera is None or now - last_camera > cfg.camera_timeout_s) and now >= next_tick:
                     next_tick = next_tick + period if now - next_tick < period else now + period
@@ -261,8 +275,11 @@ class CapturePipeline:
                 self._source.reset()
             return self._source
 
-    def _process(self, synced: SyncedFrame) -> None:
+    def _process(self, synced: SyncedFrame, stages_s: tuple[float, float, float] | None = None) -> None:
+        """Run the pose source on one frame and hand the result out; ``stages_s`` (camera frames):
+        the first three ``STAGES`` durations, seconds."""
         source = self._current_source()
+        started = time.monotonic()
         try:
             pose = source.estimate(synced)
         except Exception as exc:
@@ -276,16 +293,19 @@ class CapturePipeline:
                 log.debug("pose source %r failed on frame %d: %s", source.name, synced.frame_index, exc)
             return
         now = time.monotonic()
-        with self._stats_lock:
-            self._poses += 1
-            self._out_times.append(now)
-            self._latencies.append(now - synced.sample_host_time_s)
         item = (synced, pose)
         self._latest = item
         with self._subscribers_lock:
             subscribers = list(self._subscribers)
         for q in subscribers:
             _put_drop_oldest(q, item)
+        handed = time.monotonic()
+        with self._stats_lock:
+            self._poses += 1
+            self._out_times.append(now)
+            self._latencies.append(handed - synced.sample_host_time_s)
+            if stages_s is not None:
+                self._stage_s.append((*stages_s, now - started, handed - now))
 
 
 def _put_drop_oldest(q: queue.Queue, item: object) -> None:
