@@ -148,3 +148,148 @@ def test_auto_picks_the_cpu_kernel_when_it_builds() -> None:
     assert resolve_backend(ScanBackend.AUTO, torch.device("cpu")) is expected
     # the kernel takes no half precision: AUTO falls back to the chunked scan
     assert resolve_backend(ScanBackend.AUTO, torch.device("cpu"), dtype=torch.bfloat16) is ScanBackend.CHUNKED
+
+
+# --- the chunked scan's plan and its special paths ---------------------------------------------
+
+
+def _chunked_vs_reference(inputs, use_z=False, use_D=True, use_bias=False, h0=None, tol=1e-4):
+    h0_ref = h0.detach().clone().requires_grad_() if h0 is not None else None
+    ref = _run(inputs, ScanBackend.REFERENCE, use_z, use_D, use_bias, h0_ref)
+    fast = _run(inputs, ScanBackend.CHUNKED, use_z, use_D, use_bias, h0)
+    assert torch.isfinite(fast[0]).all() and torch.isfinite(fast[1]).all()
+    assert _rel_err(fast[0], ref[0]) < tol
+    assert _rel_err(fast[1], ref[1]) < tol
+    for name, g_ref in ref[2].items():
+        assert torch.isfinite(fast[2][name]).all() and _rel_err(fast[2][name], g_ref) < tol, name
+
+
+def _plan_for(inputs, softplus=True):
+    from vimcan_core.model.scan import _plan
+
+    delta = inputs["delta"].detach()
+    return _plan(torch.nn.functional.softplus(delta) if softplus else delta, inputs["A"].detach())
+
+
+def test_mamba_like_window_is_one_chunk_and_exact() -> None:
+    """An 81-frame window with Mamba-like deltas takes the single-chunk path (one host sync)."""
+    inputs = _inputs(2, 16, 81, 16, delta_shift=-3.0)
+    lc, bs, nonneg = _plan_for(inputs)
+    assert (lc, bs, nonneg) == (81, 2, True)
+    _chunked_vs_reference(inputs, use_z=True, use_bias=True)
+
+
+def test_long_sequence_is_cut_into_safe_chunks() -> None:
+    from vimcan_core.model.scan import MAX_CHUNK_LEN, SAFE_LOG
+
+    inputs = _inputs(1, 4, 700, 16, delta_shift=0.0)  # delta ~ 0.7, |A| up to 24: ~17 per step
+    lc, _, _ = _plan_for(inputs)
+    assert 1 < lc < MAX_CHUNK_LEN
+    # the plan's promise: inside every chunk, the steps after the first stay within 2 * SAFE_LOG
+    steps = torch.nn.functional.softplus(inputs["delta"].detach()) * inputs["A"].detach().abs().amax(1)[:, None]
+    for t0 in range(0, 700, lc):
+        assert float(steps[..., t0 + 1:t0 + lc].sum(-1).amax()) <= 2 * SAFE_LOG
+    _chunked_vs_reference(inputs)
+
+
+def test_huge_steps_fall_back_to_one_step_chunks() -> None:
+    """A single step whose log decay is far beyond float32's exponent range (~-480): chunks of
+    one step, applied explicitly; the decay underflows to 0 exactly as in the reference."""
+    inputs = _inputs(1, 3, 40, 16, delta_shift=20.0)
+    assert _plan_for(inputs)[0] == 1
+    _chunked_vs_reference(inputs)
+
+
+def test_mixed_huge_and_tiny_steps() -> None:
+    inputs = _inputs(2, 4, 90, 8, delta_shift=-3.0)
+    with torch.no_grad():
+        inputs["delta"][:, :, 30] = 15.0  # one reset step in the middle of the window
+        inputs["delta"][1, 2, 60] = 12.0
+    _chunked_vs_reference(inputs, use_z=True)
+
+
+def test_very_small_deltas_one_chunk() -> None:
+    """delta ~ 1e-6 (decays of ~1, states that accumulate): one chunk, exact."""
+    inputs = _inputs(1, 4, 120, 16, delta_shift=-14.0)
+    assert _plan_for(inputs)[0] == 120
+    _chunked_vs_reference(inputs, use_bias=True)
+
+
+def test_negative_deltas_without_softplus() -> None:
+    """Raw deltas of either sign (growing and decaying states): the exponents are centred on
+    their range, not on the chunk's end."""
+    g = torch.Generator().manual_seed(5)
+    b, d, l, n = 2, 4, 50, 4
+    t = {
+        "u": torch.randn(b, d, l, generator=g), "delta": torch.randn(b, d, l, generator=g) * 0.05,
+        "A": -torch.rand(d, n, generator=g) - 0.5, "B": torch.randn(b, n, l, generator=g),
+        "C": torch.randn(b, n, l, generator=g),
+    }
+    assert not _plan_for(t, softplus=False)[2]
+    args = {k: v.double().requires_grad_() for k, v in t.items()}
+    outs = {}
+    for backend in (ScanBackend.REFERENCE, ScanBackend.CHUNKED):
+        y, last = selective_scan(args["u"], args["delta"], args["A"], args["B"], args["C"],
+                                 return_last_state=True, backend=backend)
+        grads = torch.autograd.grad((y * torch.cos(y)).sum() + last.sum(), list(args.values()))
+        outs[backend] = (y.detach(), last.detach(), grads)
+    (y_r, l_r, g_r), (y_c, l_c, g_c) = outs[ScanBackend.REFERENCE], outs[ScanBackend.CHUNKED]
+    assert torch.allclose(y_c, y_r, atol=1e-10) and torch.allclose(l_c, l_r, atol=1e-10)
+    for a, r in zip(g_c, g_r):
+        assert torch.allclose(a, r, atol=1e-9)
+
+
+@pytest.mark.parametrize("saved", [True, False], ids=["keeps-states", "recomputes"])
+@pytest.mark.parametrize("slices", [False, True], ids=["whole-batch", "batch-slices"])
+def test_chunked_memory_modes_match_reference(monkeypatch, saved, slices) -> None:
+    """The backward from kept decays/states and from recomputed chunks, and batch slicing."""
+    from vimcan_core.model import scan
+
+    if not saved:
+        monkeypatch.setattr(scan, "MAX_SAVED_ELEMENTS", 0)
+    if slices:
+        monkeypatch.setattr(scan, "MAX_CHUNK_ELEMENTS", 2 * 8 * 16 * 64)
+    inputs = _inputs(5, 8, 150, 16, groups=2, delta_shift=-1.0)
+    h0 = torch.randn(5, 8, 16, generator=torch.Generator().manual_seed(7), requires_grad=True)
+    _chunked_vs_reference(inputs, use_z=True, use_bias=True, h0=h0)
+
+
+def test_second_backward_with_retained_graph() -> None:
+    """The first backward hands its kept buffers back to the scratch pool; a second one
+    (retain_graph) recomputes them and gives the same gradients."""
+    inputs = _inputs(2, 4, 81, 8)
+    y = selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                       delta_softplus=True, backend=ScanBackend.CHUNKED)
+    loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum()
+    first = torch.autograd.grad(loss, [inputs["A"], inputs["delta"]], retain_graph=True)
+    # dirty the pool with buffers of the same size
+    selective_scan(inputs["u"], inputs["delta"] * 2, inputs["A"], inputs["B"], inputs["C"],
+                   delta_softplus=True, backend=ScanBackend.CHUNKED).sum().backward()
+    second = torch.autograd.grad(loss, [inputs["A"], inputs["delta"]])
+    for a, b in zip(first, second):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_forward_without_grad() -> None:
+    inputs = {k: v.detach() for k, v in _inputs(2, 8, 200, 16, delta_shift=0.0).items()}
+    with torch.inference_mode():
+        ref = selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                             delta_softplus=True, backend=ScanBackend.REFERENCE)
+        fast = selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                              delta_softplus=True, backend=ScanBackend.CHUNKED)
+    assert _rel_err(fast, ref) < 1e-4
+
+
+def test_scratch_pool_reuses_and_caps() -> None:
+    from vimcan_core.model.scan import _Scratch
+
+    pool = _Scratch(max_bytes=1000 * 4)
+    like = torch.zeros(1)
+    a = pool.take((10, 20), like)
+    ptr = a.data_ptr()
+    pool.give(a)
+    b = pool.take((5, 30), like)  # 150 <= 200 elements: the same storage comes back
+    assert b.shape == (5, 30) and b.data_ptr() == ptr
+    pool.give(b, torch.empty(2000))  # the big one is over the cap and dropped
+    assert pool.take((2000,), like).data_ptr() != ptr
+    assert pool.take((200,), like).data_ptr() == ptr

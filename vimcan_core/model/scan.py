@@ -41,6 +41,7 @@ Backends (``ScanBackend``):
 from __future__ import annotations
 
 import logging
+import threading
 from enum import Enum
 from functools import lru_cache
 
@@ -239,7 +240,7 @@ def _plan(delta: Tensor, A: Tensor) -> tuple[int, int, bool]:
             worst = steps[..., 1:].sum(-1).amax() if l > 1 else steps.new_zeros(())
             worst_f, lowest_f = torch.stack((worst.to(lowest.dtype), lowest)).tolist()
             if worst_f <= 2 * SAFE_LOG:
-                return l, max(1, min(b, MAX_CHUNK_ELEMENTS // (d * n * l))), lowest_f >= 0
+                return l, _batch_slice(b, d * n * l), lowest_f >= 0
         # candidate lengths, longest first, shrinking by ~15 %; each checked on every aligned chunk
         cands, t = [], t_cap
         while t > 1:
@@ -253,7 +254,107 @@ def _plan(delta: Tensor, A: Tensor) -> tuple[int, int, bool]:
             worst.append((cum[..., final] - cum[..., first]).amax())
         flags = torch.stack(worst + [lowest.double()]).tolist()
         lc = next((t for t, w in zip(cands, flags[:-1]) if w <= 2 * SAFE_LOG), 1)
-        return lc, max(1, min(b, MAX_CHUNK_ELEMENTS // (d * n * lc))), flags[-1] >= 0
+        return lc, _batch_slice(b, d * n * lc), flags[-1] >= 0
+
+
+def _batch_slice(b: int, per_sequence: int) -> int:
+    """Batch slice size: as few slices as ``MAX_CHUNK_ELEMENTS`` allows, of near-equal sizes."""
+    most = max(1, min(b, MAX_CHUNK_ELEMENTS // max(1, per_sequence)))
+    n_slices = -(-b // most)
+    return -(-b // n_slices)
+
+
+class _Scratch:
+    """Reusable flat buffers for the chunked scan's full-size temporaries (thread-safe).
+
+    A fresh multi-megabyte tensor costs a page fault per 4 kB page on its first write, which on a
+    small CPU is several times the arithmetic of one pass over it; the chunked scan therefore takes
+    its temporaries from here and gives them back when done. At most ``max_bytes`` of idle buffers
+    are kept (the largest are dropped first); ``clear()`` frees them all.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._free: list[Tensor] = []  # flat, contiguous, idle
+
+    def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device."""
+        numel = 1
+        for s in shape:
+            numel *= s
+        best = None
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if (buf.numel() >= numel and buf.dtype == like.dtype and buf.device == like.device
+                        and (best is None or buf.numel() < self._free[best].numel())):
+                    best = i
+            flat = self._free.pop(best) if best is not None else None
+        if flat is None:
+            flat = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return flat[:numel].view(shape)
+
+    def give(self, *tensors: Tensor) -> None:
+        """Hand back tensors from ``take`` (or any contiguous temporary nobody else references)."""
+        with self._lock:
+            for t in tensors:
+                base = t._base if t._base is not None else t
+                if base.is_contiguous() and base.numel() > 0:
+                    self._free.append(base.view(-1))
+            self._free.sort(key=Tensor.numel)
+            total = sum(b.numel() * b.element_size() for b in self._free)
+            while self._free and total > self.max_bytes:
+                total -= self._free[-1].numel() * self._free[-1].element_size()
+                self._free.pop()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+#: idle-buffer cap of the chunked scan's scratch pool (``_SCRATCH.clear()`` frees it)
+SCRATCH_MAX_BYTES = 256 << 20
+_SCRATCH = _Scratch(SCRATCH_MAX_BYTES)
+
+
+def _forward_chunks(d5: Tensor, du5: Tensor, A5: Tensor, B5: Tensor, C5: Tensor, h05: Tensor | None,
+                    plan: tuple[int, int, bool], keep: str, want_y: bool = True
+                    ) -> tuple[Tensor | None, Tensor, list[Tensor]]:
+    """Run the chunks forward. Shapes as in ``_ChunkedScan``; returns y (b x g x dg x l, or None
+    without ``want_y``), the last state b x g x dg x n and what ``keep`` asks for: ``"states"``:
+    E and S of every (batch slice, chunk) (see ``_chunk_states``), scratch buffers the caller must give back; ``"starts"``:
+    the state entering every chunk (an empty tensor for a zero state); ``"none"``: nothing."""
+    lc, bs, nonneg = plan
+    b, g, dg, _, l = d5.shape
+    n = A5.shape[2]
+    single = bs == b and lc == l
+    y = None if (single or not want_y) else d5.new_empty(b, g, dg, l)
+    last = d5.new_empty(b, g, dg, n)
+    kept: list[Tensor] = []
+    for b0 in range(0, b, bs):
+        b1 = min(b, b0 + bs)
+        h = h05[b0:b1] if h05 is not None else None
+        for t0 in range(0, l, lc):
+            t1 = min(l, t0 + lc)
+            sl = (slice(b0, b1), Ellipsis, slice(t0, t1))
+            if keep == "starts":
+                kept.append(h.contiguous() if h is not None else d5.new_zeros(0))
+            E, S = _chunk_states(d5[sl], du5[sl], A5, B5[sl], h, nonneg)
+            H = torch.mul(E, S, out=_SCRATCH.take(E.shape, E))  # the states, bs x g x dg x n x lc
+            h = H[..., -1].clone()
+            if want_y:
+                yc = H.mul_(C5[sl]).sum(3)  # bs x g x dg x lc
+                if single:
+                    y = yc
+                else:
+                    y[sl] = yc
+            _SCRATCH.give(H)
+            if keep == "states":
+                kept += [E, S]
+            else:
+                _SCRATCH.give(E, S)
+        last[b0:b1] = h
+    return y, last, kept
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -268,12 +369,13 @@ class _ChunkedScan(torch.autograd.Function):
     and the rest in closed form with the factorised log decays ``P_t = A (k_t - m)``, where
     ``k_t = sum_{t0 < s <= t} delta_s`` (a cumulative sum over the small b x d x l tensor) and m
     centres k on its range: ``E = e^P``, ``h_t = E_t sum_{t0 <= s <= t} x_s / E_s`` (with
-    ``x_t0`` standing for ``h_t0``). The forward keeps E and h for the backward when they hold at
-    most ``MAX_SAVED_ELEMENTS`` elements; otherwise it keeps only the state at each chunk start
-    and the backward recomputes the chunk. The backward solves the adjoint recurrence
-    ``gh_t = C_t gy_t + a_{t+1} gh_{t+1}`` in the same closed form,
-    ``gh_t = (1 / E_t) sum_{s >= t} E_s C_s gy_s (+ E_last carry)``, and the gradient of each
-    step's log decay is ``gh_t (h_t - x_t)`` (``= gh_t a_t h_{t-1}``).
+    ``x_t0`` standing for ``h_t0``): ``h_t = E_t S_t``. The forward keeps E and S for the
+    backward when they hold at most ``MAX_SAVED_ELEMENTS`` elements; otherwise it keeps only the
+    state at each chunk start and the backward recomputes the chunk. The backward solves the
+    adjoint recurrence ``gh_t = C_t gy_t + a_{t+1} gh_{t+1}`` in the same closed form,
+    ``gh_t = G_t / E_t`` with ``G_t = sum_{s >= t} E_s C_s gy_s (+ E_last carry)``, and the
+    gradient of each step's log decay, ``gh_t a_t h_{t-1}``, is ``G_t S_{t-1}`` inside the chunk
+    (a product, free of the cancellation in ``gh_t (h_t - x_t)`` when the decay is strong).
     """
 
     @staticmethod
@@ -281,43 +383,29 @@ class _ChunkedScan(torch.autograd.Function):
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         dg = d // g
-        lc, bs, nonneg = _plan(delta, A)
-        keep = any(ctx.needs_input_grad) and b * d * n * l <= MAX_SAVED_ELEMENTS
-        d5 = delta.view(b, g, dg, 1, l)
-        du5 = (delta * u).view(b, g, dg, 1, l)
-        A5 = A.view(g, dg, n, 1)
-        B5 = B.view(b, g, 1, n, l)
-        C5 = C.view(b, g, 1, n, l)
-        h05 = h0.view(b, g, dg, n) if h0 is not None else None
-        single = bs == b and lc == l
-        y = None if single else u.new_empty(b, g, dg, l)
-        last = u.new_empty(b, g, dg, n)
-        kept: list[Tensor] = []  # E, h of every (batch slice, chunk), or the state entering each chunk
-        for b0 in range(0, b, bs):
-            b1 = min(b, b0 + bs)
-            h = h05[b0:b1] if h05 is not None else None
-            for t0 in range(0, l, lc):
-                t1 = min(l, t0 + lc)
-                if not keep:
-                    kept.append(h.contiguous() if h is not None else u.new_zeros(0))
-                E, H = _chunk_states(d5[b0:b1, ..., t0:t1], du5[b0:b1, ..., t0:t1], A5, B5[b0:b1, ..., t0:t1], h, nonneg)
-                yc = torch.mul(H, C5[b0:b1, ..., t0:t1]).sum(3)  # bs x g x dg x lc
-                if single:
-                    y = yc
-                else:
-                    y[b0:b1, ..., t0:t1] = yc
-                if keep:
-                    kept += [E, H]
-                h = H[..., -1]
-            last[b0:b1] = h
-        ctx.save_for_backward(u, delta, A, B, C, h0, *kept)
-        ctx.plan = (lc, bs, nonneg, keep)
+        plan = _plan(delta, A)
+        if not any(ctx.needs_input_grad):
+            keep = "none"
+        else:
+            keep = "states" if b * d * n * l <= MAX_SAVED_ELEMENTS else "starts"
+        y, last, kept = _forward_chunks(
+            delta.view(b, g, dg, 1, l), (delta * u).view(b, g, dg, 1, l), A.view(g, dg, n, 1),
+            B.view(b, g, 1, n, l), C.view(b, g, 1, n, l), h0.view(b, g, dg, n) if h0 is not None else None,
+            plan, keep,
+        )
+        if keep == "states":  # scratch buffers: on ctx, handed back to the pool by the backward
+            ctx.save_for_backward(u, delta, A, B, C, h0)
+            ctx.kept = kept
+        else:
+            ctx.save_for_backward(u, delta, A, B, C, h0, *kept)
+            ctx.kept = None
+        ctx.plan = plan
         return y.view(b, d, l), last.view(b, d, n)
 
     @staticmethod
     def backward(ctx, gy: Tensor | None, glast: Tensor | None):
-        u, delta, A, B, C, h0, *kept = ctx.saved_tensors
-        lc, bs, nonneg, keep = ctx.plan
+        u, delta, A, B, C, h0, *starts = ctx.saved_tensors
+        lc, bs, nonneg = plan = ctx.plan
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         dg = d // g
@@ -328,6 +416,10 @@ class _ChunkedScan(torch.autograd.Function):
         A4 = A.view(g, dg, 1, n)
         B5 = B.view(b, g, 1, n, l)
         C5 = C.view(b, g, 1, n, l)
+        h05 = h0.view(b, g, dg, n) if h0 is not None else None
+        kept, ctx.kept = ctx.kept, None  # a second backward (retain_graph) recomputes
+        if kept is None and not starts:
+            _, _, starts = _forward_chunks(d5, du5, A5, B5, C5, h05, plan, "starts", want_y=False)
         gy5 = gy.reshape(b, g, dg, 1, l) if gy is not None else u.new_zeros(b, g, dg, 1, l)
         g_u = u.new_empty(b, g, dg, l)
         g_delta = u.new_empty(b, g, dg, l)
@@ -335,39 +427,52 @@ class _ChunkedScan(torch.autograd.Function):
         g_B = u.new_empty(b, g, n, l)
         g_C = u.new_empty(b, g, n, l)
         g_h0 = u.new_empty(b, g, dg, n) if h0 is not None else None
-        starts = list(range(0, l, lc))
-        n_chunks = len(starts)
+        chunk_starts = list(range(0, l, lc))
+        n_chunks = len(chunk_starts)
         for i_slice, b0 in enumerate(range(0, b, bs)):
             b1 = min(b, b0 + bs)
             # adjoint of the state leaving the chunk (the gradient reaching h_{t1 - 1} from later on)
             carry = glast[b0:b1].view(b1 - b0, g, dg, n) if glast is not None else None
             for k in reversed(range(n_chunks)):
-                t0 = starts[k]
+                t0 = chunk_starts[k]
                 t1 = min(l, t0 + lc)
                 sl = (slice(b0, b1), Ellipsis, slice(t0, t1))
                 dc, duc, uc, gyc = d5[sl], du5[sl], u5[sl], gy5[sl]  # bs x g x dg x 1 x lc
                 Bc, Cc = B5[sl], C5[sl]  # bs x g x 1 x n x lc
-                if keep:
-                    E, H = kept[2 * (i_slice * n_chunks + k)], kept[2 * (i_slice * n_chunks + k) + 1]
+                idx = i_slice * n_chunks + k
+                if kept is not None:
+                    E, S = kept[2 * idx], kept[2 * idx + 1]
+                    if k == 0:
+                        h_prev = h05[b0:b1] if h05 is not None else None
+                    else:  # the previous chunk's last state
+                        h_prev = kept[2 * idx - 2][..., -1] * kept[2 * idx - 1][..., -1]
                 else:
-                    h_in = kept[i_slice * n_chunks + k]
-                    E, H = _chunk_states(dc, duc, A5, Bc, h_in if h_in.numel() else None, nonneg)
-                # G_t = sum_{s >= t} E_s C_s gy_s + E_last carry; gh = G / E   (bs x g x dg x n x lc)
-                V = torch.mul(Cc, gyc).mul_(E)
+                    h_prev = starts[idx] if starts[idx].numel() else None
+                    E, S = _chunk_states(dc, duc, A5, Bc, h_prev, nonneg)
+                # G_t = sum_{s >= t} E_s C_s gy_s + E_last carry   (bs x g x dg x n x lc)
+                V = torch.mul(Cc, gyc, out=_SCRATCH.take(E.shape, E)).mul_(E)
                 if carry is not None:
                     V[..., -1].addcmul_(E[..., -1], carry)
-                gh = V.flip(-1).cumsum_(-1).flip(-1).div_(E)
-                g_C[sl] = torch.mul(H, gyc, out=V).sum(2)  # bs x g x n x lc
-                g_B[sl] = torch.mul(gh, duc, out=V).sum(2)
-                ghB = torch.mul(gh, Bc, out=V)
-                g_du = ghB.sum(3)  # bs x g x dg x lc
-                # gradient of each step's log decay delta_t A: gh_t a_t h_{t-1} = gh_t (h_t - x_t)
-                M = torch.mul(gh, H).addcmul_(ghB, duc, value=-1.0)  # bs x g x dg x n x lc
+                R = V.flip(-1).cumsum_(-1)  # G, time reversed
+                G = R.flip(-1)
+                # gradient of each step's log decay delta_t A: gh_t a_t h_{t-1}, which inside the
+                # chunk is G_t S_{t-1} (no cancellation); for the chunk's first step a_t0 gh_t0 h_prev
+                M = R
+                torch.mul(G[..., 1:], S[..., :-1], out=M[..., 1:])
+                a0 = torch.exp(dc[..., 0] * A5[..., 0])  # bs x g x dg x n, the first step's decay
+                gh = G.div_(E)  # the adjoint states
+                carry = a0.mul_(gh[..., 0])  # adjoint of the state entering the chunk: a_t0 gh_t0
+                if h_prev is None:
+                    M[..., 0].zero_()
+                else:
+                    torch.mul(carry, h_prev, out=M[..., 0])
+                g_B[sl] = torch.mul(gh, duc, out=V).sum(2)  # bs x g x n x lc
+                g_du = torch.mul(gh, Bc, out=V).sum(3)  # bs x g x dg x lc
+                g_C[sl] = torch.mul(E, S, out=V).mul_(gyc).sum(2)  # bs x g x n x lc
                 g_delta[sl] = torch.matmul(A4, M).squeeze(3).addcmul_(g_du, uc.squeeze(3))
                 g_u[sl] = g_du.mul_(dc.squeeze(3))
                 g_A += M.mul_(dc).sum((0, 4))
-                # adjoint of the state entering the chunk: a_t0 gh_t0
-                carry = torch.exp(dc[..., 0] * A5[..., 0]).mul_(gh[..., 0])  # bs x g x dg x n
+                _SCRATCH.give(E, S, V, R, gh)
             if g_h0 is not None:
                 g_h0[b0:b1] = carry
         return (
@@ -382,22 +487,24 @@ class _ChunkedScan(torch.autograd.Function):
 
 def _chunk_states(delta: Tensor, du: Tensor, A: Tensor, B: Tensor, h_prev: Tensor | None,
                   nonneg: bool) -> tuple[Tensor, Tensor]:
-    """Decays and states of one chunk in closed form.
+    """Decays and scaled states of one chunk [t0, t1) in closed form.
 
     delta, du (= delta * u): bs x g x dg x 1 x lc; A: g x dg x n x 1; B: bs x g x 1 x n x lc;
     h_prev (the state before the chunk, None for zero): bs x g x dg x n.
-    Returns (E, h), each bs x g x dg x n x lc: ``E_t = exp(A (k_t - m))`` with
-    ``k_t = sum_{t0 < s <= t} delta_s`` and m the middle of k's range (so |A (k - m)| <= SAFE_LOG
-    when ``_plan`` chose the chunk), and the states h_t.
+    Returns (E, S), each bs x g x dg x n x lc, scratch buffers the caller gives back:
+    ``E_t = exp(A (k_t - m))`` with ``k_t = sum_{t0 < s <= t} delta_s`` and m the middle of k's
+    range (so |A (k - m)| <= SAFE_LOG when ``_plan`` chose the chunk), and
+    ``S_t = sum_{t0 <= s <= t} x_s / E_s`` with ``x_t0 = a_t0 h_prev + delta_t0 u_t0 B_t0`` (the
+    first step applied explicitly), so that the states are ``h_t = E_t S_t``.
     """
     k = delta.cumsum(-1)  # bs x g x dg x 1 x lc; differs from k_t by delta_t0, which m absorbs
     if nonneg:
         mid = (k[..., :1] + k[..., -1:]).mul_(0.5)
     else:
         mid = (k.amax(-1, keepdim=True) + k.amin(-1, keepdim=True)).mul_(0.5)
-    E = torch.mul(k.sub_(mid), A).exp_()  # bs x g x dg x n x lc
-    W = torch.mul(B, du).div_(E)  # x_t / E_t
+    shape = (*delta.shape[:3], A.shape[2], delta.shape[4])  # bs x g x dg x n x lc
+    E = torch.mul(k.sub_(mid), A, out=_SCRATCH.take(shape, delta)).exp_()
+    W = torch.mul(B, du, out=_SCRATCH.take(shape, delta)).div_(E)  # x_t / E_t
     if h_prev is not None:  # the chunk's first step applied explicitly: x_t0 += a_t0 h_prev
         W[..., 0].addcdiv_(torch.exp(delta[..., 0] * A[..., 0]).mul_(h_prev), E[..., 0])
-    H = W.cumsum_(-1).mul_(E)
-    return E, H
+    return E, W.cumsum_(-1)
