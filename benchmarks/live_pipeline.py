@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/live_pipeline.py --seconds 600 --realtime-source ground-truth \
         --skip unthrottled mediapipe baseline                          # soak of the pipeline alone
     .venv/bin/python benchmarks/live_pipeline.py --device cuda --out gpu.json
+    .venv/bin/python benchmarks/live_pipeline.py --seconds 30 --skip baseline unthrottled mediapipe
+                                                                       # the latency figures alone
 
 Measures, and prints as JSON (also written to ``--out``):
 
@@ -13,7 +15,10 @@ Measures, and prints as JSON (also written to ``--out``):
   per second, camera frames dropped because the pose stage was behind, end-to-end latency
   (oldest input sample's host time to the pose reaching a subscriber, i.e. available to the
   view: median and 95th percentile), and the process's resident memory sampled every second
-  (start, end, peak and the slope of a line fitted after the first 10 s).
+  (start, end, peak and the slope of a line fitted after the first 10 s). Beside it, to see
+  where the latency goes: the latency from the camera frame's capture instant, how much older
+  than the capture the oldest input was, and the pipeline's per-stage medians
+  (``sensors.pipeline.STAGES``; the first includes the camera's own delivery delay).
 * ``baseline_ground_truth``: the same demo with the simulation's ground truth as the pose
   stage: what the devices, synchroniser and fan-out cost by themselves.
 * ``unthrottled``: the pose stage alone (input conversion, one model step, output transform)
@@ -90,19 +95,21 @@ def make_estimator(weights: Path, device: str):
     return Estimator(model, device=device), f"random weights (no trained weights at {weights})"
 
 
-def _collect(q: queue.Queue, stop: threading.Event, latencies: list[float]) -> None:
+def _collect(q: queue.Queue, stop: threading.Event, latencies: list[tuple[float, float]]) -> None:
+    """(now - oldest input's host time, now - frame instant) per pose, seconds."""
     while not stop.is_set():
         try:
             synced, _pose = q.get(timeout=0.1)
         except queue.Empty:
             continue
-        latencies.append(time.monotonic() - synced.sample_host_time_s)
+        now = time.monotonic()
+        latencies.append((now - synced.sample_host_time_s, now - synced.time_s))
 
 
 def run_live(pipeline: CapturePipeline, seconds: float, warmup_s: float = 3.0) -> dict:
     """Run a pipeline for warm-up + ``seconds``; measure after the warm-up."""
     q = pipeline.subscribe(maxsize=1024)
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
     stop = threading.Event()
     collector = threading.Thread(target=_collect, args=(q, stop, latencies), name="bench-collector", daemon=True)
     pipeline.start()
@@ -122,7 +129,7 @@ def run_live(pipeline: CapturePipeline, seconds: float, warmup_s: float = 3.0) -
         stop.set()
         pipeline.stop()
         collector.join(2.0)
-    lat_ms = np.array(latencies) * 1e3
+    lat_ms, capture_ms = (np.array(latencies).reshape(-1, 2) * 1e3).T  # P each: from the oldest input, from the frame instant
     t_mem, mb = (np.array(x) for x in zip(*memory)) if memory else (np.zeros(1), np.zeros(1))
     late = t_mem >= min(10.0, 0.5 * seconds)
     slope = float(np.polyfit(t_mem[late], mb[late], 1)[0] * 60.0) if late.sum() >= 3 else None
@@ -138,6 +145,10 @@ def run_live(pipeline: CapturePipeline, seconds: float, warmup_s: float = 3.0) -
         "source_errors": s1.source_errors - s0.source_errors,
         "latency_ms_median": round(float(np.median(lat_ms)), 2) if len(lat_ms) else None,
         "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 2) if len(lat_ms) else None,
+        "latency_from_capture_ms_median": round(float(np.median(capture_ms)), 2) if len(lat_ms) else None,
+        "latency_from_capture_ms_p95": round(float(np.percentile(capture_ms, 95)), 2) if len(lat_ms) else None,
+        "oldest_input_before_capture_ms_median": round(float(np.median(lat_ms - capture_ms)), 2) if len(lat_ms) else None,
+        "stage_ms_median": {k: round(v, 2) for k, v in s1.stage_ms_median.items()},
         "memory_mb_start": round(float(mb[0]), 1),
         "memory_mb_end": round(float(mb[-1]), 1),
         "memory_mb_peak": round(float(mb.max()), 1),
