@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_WEIGHTS = ROOT / "resources" / "models" / "vimcan-t-streaming.pt"
 RECORDER_QUEUE_SIZE = 256  # frames the take writer may lag behind (about 8 s at 30 Hz)
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # a bare camera setting naming a video file
 #: the spec each live device was made from (to remember it in the settings); weak: devices come and go
 _DEVICE_SPECS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
 
@@ -116,9 +117,6 @@ def device_from_spec(spec: str):
     return device
 
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
 def spec_of(device) -> str | None:
     """The spec a device was made from in this session (None: made elsewhere)."""
     return _DEVICE_SPECS.get(device)
@@ -152,6 +150,8 @@ def build_hardware_pipeline(settings: StudioSettings):
                         "(%s); run the calibration wizard (Ctrl+K)", ", ".join(s.name.lower() for s in ImuSite))
             imus = {ImuSite(i): d for i, d in enumerate(devices[:NUM_IMUS])}
     camera = cameras[0] if cameras else None
+    if len(cameras) > 1:
+        log.warning("the settings name %d cameras; using %s (the studio takes one)", len(cameras), camera.device_id)
     if camera is None and settings.camera not in ("", "sim", "none"):
         camera = device_from_spec(settings.camera)
     calibration = profile.calibration if profile is not None else None
