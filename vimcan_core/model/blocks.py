@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,13 @@ class _InferenceWeights:
     dt_bias: Tensor  # kDi
     A: Tensor  # kDi x N, = -exp(A_log)
     D: Tensor  # kDi
+
+
+@lru_cache(maxsize=64)
+def _sequence_offsets(rows: int, length: int, segments: tuple[int, ...] | None) -> Tensor:
+    """Offsets of the sequences in ``rows`` x ``length`` tokens, each row cut into ``segments``
+    (None: one sequence per row); see ``scan_cpu.sequence_offsets``. Cached: built once per shape."""
+    return scan_cpu.sequence_offsets((segments or (length,)) * rows)
 
 
 class SSMMixer(nn.Module):
@@ -154,19 +162,24 @@ class SSMMixer(nn.Module):
         self._inference_cache = (key, weights)
         return weights
 
-    def infer(self, x: Tensor) -> Tensor:
+    def infer(self, x: Tensor, segments: tuple[int, ...] | None = None) -> Tensor:
         """``forward`` without autograd: Ns x L x C -> Ns x L x C, the same result (to rounding)
-        through the inference-only path when it can run, else ``forward`` itself."""
+        through the inference-only path when it can run, else ``forward`` itself. ``segments``
+        (lengths summing to L) cuts each row into sequences scanned separately, as ``forward``
+        run on each piece would."""
         if not self._fast_path_ok(x):
-            return self.forward(x)
+            if segments is None:
+                return self.forward(x)
+            return torch.cat([self.forward(piece) for piece in x.split(segments, dim=1)], dim=1)
         w = self._inference_weights()
         Ns, L, C = x.shape
         k, di = self.num_dirs, self.d_inner
-        xz = F.linear(x, self.in_proj.weight)  # Ns x L x 2Di: x, then the gate z
-        u, _ = scan_cpu.conv_silu(xz[..., :di], w.conv_weight, w.conv_bias, k)  # k x Ns x L x Di
-        xdbl = torch.bmm(u.view(k, Ns * L, di), w.x_proj_t).view(k, Ns, L, -1)  # k x Ns x L x (R + 2N)
-        y, _ = scan_cpu.gated_scan(u, xdbl, w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[..., di:])  # Ns x L x Di
-        return F.linear(y, self.out_proj.weight)  # Ns x L x C
+        offsets = _sequence_offsets(Ns, L, segments)  # the T = Ns L tokens cut into sequences
+        xz = F.linear(x, self.in_proj.weight).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
+        u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di
+        xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N)
+        y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[:, di:])  # T x Di
+        return F.linear(y, self.out_proj.weight).view(Ns, L, C)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         """Zero state for ``batch`` sequences (equals the zero padding of the causal conv)."""
@@ -188,15 +201,15 @@ class SSMMixer(nn.Module):
         w = self._inference_weights()
         Ns, C = x.shape
         di = self.d_inner
-        xz = F.linear(x, self.in_proj.weight)[:, None]  # Ns x 1 x 2Di: x, then the gate z
+        offsets = _sequence_offsets(Ns, 1, None)  # each token its own sequence, one step long
+        xz = F.linear(x, self.in_proj.weight)  # Ns x 2Di: x, then the gate z
         u, conv = scan_cpu.conv_silu(
-            xz[..., :di], w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x 1 x Di, Ns x Di x (K - 1)
-        xdbl = torch.mm(u.view(Ns, di), w.x_proj_t[0])  # Ns x (R + 2N)
+            xz[:, :di], offsets, w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x Di, Ns x Di x (K - 1)
+        xdbl = torch.mm(u[0], w.x_proj_t[0])  # Ns x (R + 2N)
         y, h = scan_cpu.gated_scan(
-            u, xdbl.view(1, Ns, 1, -1), w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[..., di:],
-            h0=state.ssm, want_last=True,
-        )  # Ns x 1 x Di, Ns x Di x N
-        return F.linear(y.view(Ns, di), self.out_proj.weight), SSMState(conv=conv, ssm=h)
+            u, xdbl[None], offsets, w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[:, di:], h0=state.ssm, want_last=True,
+        )  # Ns x Di, Ns x Di x N
+        return F.linear(y, self.out_proj.weight), SSMState(conv=conv, ssm=h)
 
     def step_ref(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """One time step of the causal mixer in plain PyTorch (the reference for ``step``)."""
@@ -262,9 +275,10 @@ class BiSTSSM(nn.Module):
         x = x + self.drop(self.mixer(self.norm1(x)))  # Ns x L x C
         return x + self.mlp(self.norm2(x))
 
-    def infer(self, x: Tensor) -> Tensor:
-        """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``)."""
-        x = x + self.drop(self.mixer.infer(self.norm1(x)))  # Ns x L x C
+    def infer(self, x: Tensor, segments: tuple[int, ...] | None = None) -> Tensor:
+        """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``;
+        ``segments``: each row's sequences, scanned separately)."""
+        x = x + self.drop(self.mixer.infer(self.norm1(x), segments))  # Ns x L x C
         return x + self.mlp(self.norm2(x))
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
@@ -308,19 +322,27 @@ class STMamba(nn.Module):
             self.register_buffer(f"_group{i}", idx, persistent=False)
             group_order.extend(idx.flatten().tolist())
         self.register_buffer("_inverse", torch.argsort(torch.tensor(group_order)), persistent=False)
+        # inference: the segments one after the other, each scanned on its own (SSMMixer.infer)
+        self._segment_lengths = tuple(len(s) for s in segments)
+        self.register_buffer("_scan_order", torch.tensor(order), persistent=False)
+        self.register_buffer("_scan_inverse", torch.argsort(torch.tensor(order)), persistent=False)
 
     def spatial_mix(self, x: Tensor, inference: bool = False) -> Tensor:
         """Spatial BiSTSSM over the tokens of each frame: Nf x J x C -> Nf x J x C
         (``inference``: through ``BiSTSSM.infer``, no autograd)."""
         Nf, J, C = x.shape
-        block = self.spatial.infer if inference else self.spatial
+        if inference:
+            if self.identity_order:
+                return self.spatial.infer(x)
+            y = self.spatial.infer(x[:, self._scan_order], self._segment_lengths)  # Nf x J x C, in scan order
+            return y[:, self._scan_inverse]  # back in joint order
         if self.identity_order:
-            return block(x)
+            return self.spatial(x)
         outs = []
         for i, _ in enumerate(self._group_lengths):
             idx = getattr(self, f"_group{i}")  # nseg x len
             seq = x[:, idx]  # Nf x nseg x len x C
-            y = block(seq.reshape(Nf * idx.shape[0], idx.shape[1], C))  # (Nf nseg) x len x C
+            y = self.spatial(seq.reshape(Nf * idx.shape[0], idx.shape[1], C))  # (Nf nseg) x len x C
             outs.append(y.reshape(Nf, idx.numel(), C))
         return torch.cat(outs, dim=1)[:, self._inverse]  # Nf x J x C, back in joint order
 

@@ -149,26 +149,31 @@ void vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* 
 """
 
 #: inference only (no backward): the two ends of one ``SSMMixer``'s inference path, on
-#: channel-last tensors, in one or two directions; see ``conv_silu`` and ``gated_scan``
+#: channel-last tokens (T x d) cut into s sequences by offsets (sequence i is tokens
+#: seg[i] .. seg[i+1] - 1), in one or two directions; see ``conv_silu`` and ``gated_scan``
 _INFER_TEMPLATE = r"""
 /* Direction 0 is the causal conv, u_t = silu(b + sum_j w_j x_{t-(kw-1)+j}); direction 1 is the causal
-   conv of the reversed sequence, u_t = silu(b + sum_j w_j x_{t+(kw-1)-j}). Tokens outside 0..l-1 are
-   zero, except that hist (k = 1 only) holds the kw - 1 tokens before x_0 (a stream's conv state). */
-void vconv_silu_SUF(const REAL* x, long x_row_stride, const REAL* hist, const REAL* w, const REAL* bias,
-                    REAL* u, REAL* new_hist, long s, long k, long l, long d, long kw, int nthreads) {
+   conv of the reversed sequence, u_t = silu(b + sum_j w_j x_{t+(kw-1)-j}). Tokens outside the sequence
+   are zero, except that hist (k = 1 only) holds the kw - 1 tokens before its first (a stream's conv state). */
+void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const REAL* hist, const REAL* w,
+                    const REAL* bias, REAL* u, REAL* new_hist, long s, long k, long T, long d, long kw,
+                    int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long si = 0; si < s; si++) {
+        long t0 = seg[si], l = seg[si + 1] - seg[si];
+        const REAL* xs = x + t0 * x_row_stride;   /* this sequence's tokens */
+        const REAL* hs = hist ? hist + si * d * (kw - 1) : 0;
         for (long dir = 0; dir < k; dir++)
             for (long t = 0; t < l; t++) {
-                REAL* ut = u + ((dir * s + si) * l + t) * d;
+                REAL* ut = u + (dir * T + t0 + t) * d;
                 for (long c = 0; c < d; c++) {
                     const REAL* wc = w + (dir * d + c) * kw;
                     REAL acc = bias[dir * d + c];
                     for (long j = 0; j < kw; j++) {
                         long pos = dir == 0 ? t - (kw - 1) + j : t + (kw - 1) - j;
                         if (pos >= l) continue;
-                        if (pos >= 0) acc += wc[j] * x[(si * l + pos) * x_row_stride + c];
-                        else if (hist) acc += wc[j] * hist[(si * d + c) * (kw - 1) + (kw - 1) + pos];
+                        if (pos >= 0) acc += wc[j] * xs[pos * x_row_stride + c];
+                        else if (hs) acc += wc[j] * hs[c * (kw - 1) + (kw - 1) + pos];
                     }
                     ut[c] = acc / (1 + EXP(-acc));   /* SiLU */
                 }
@@ -177,23 +182,24 @@ void vconv_silu_SUF(const REAL* x, long x_row_stride, const REAL* hist, const RE
             for (long c = 0; c < d; c++)
                 for (long j = 0; j < kw - 1; j++) {
                     long pos = l - (kw - 1) + j;
-                    new_hist[(si * d + c) * (kw - 1) + j] = pos >= 0 ? x[(si * l + pos) * x_row_stride + c]
-                        : hist ? hist[(si * d + c) * (kw - 1) + (kw - 1) + pos] : 0;
+                    new_hist[(si * d + c) * (kw - 1) + j] = pos >= 0 ? xs[pos * x_row_stride + c]
+                        : hs ? hs[c * (kw - 1) + (kw - 1) + pos] : 0;
                 }
     }
 }
 
 void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REAL* dt_bias, const REAL* A,
-                     const REAL* D, const REAL* z, long z_row_stride, const REAL* h0, REAL* hlast, REAL* y,
-                     long s, long k, long l, long d, long n, long r, int nthreads) {
+                     const REAL* D, const REAL* z, long z_row_stride, const long* seg, const REAL* h0,
+                     REAL* hlast, REAL* y, long s, long k, long T, long d, long n, long r, int nthreads) {
     long m = r + 2 * n;  /* x_proj output per token: dt_low (r), B (n), C (n) */
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long si = 0; si < s; si++) {
-        REAL* ys = y + si * l * d;   /* l x d, accumulates the directions */
+        long t0 = seg[si], l = seg[si + 1] - seg[si];
+        REAL* ys = y + t0 * d;   /* l x d, accumulates the directions */
         for (long i = 0; i < l * d; i++) ys[i] = 0;
         for (long dir = 0; dir < k; dir++) {
-            const REAL* us = u + (dir * s + si) * l * d;     /* l x d */
-            const REAL* xs = xdbl + (dir * s + si) * l * m;  /* l x m */
+            const REAL* us = u + (dir * T + t0) * d;     /* l x d */
+            const REAL* xs = xdbl + (dir * T + t0) * m;  /* l x m */
             for (long di = 0; di < d; di++) {
                 long c = dir * d + di;   /* row of the k*d per-channel parameters */
                 const REAL* Ad = A + c * n;
@@ -221,7 +227,7 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
             }
         }
         for (long t = 0; t < l; t++) {   /* gate: y * silu(z) */
-            const REAL* zt = z + (si * l + t) * z_row_stride;
+            const REAL* zt = z + (t0 + t) * z_row_stride;
             for (long di = 0; di < d; di++) ys[t * d + di] *= zt[di] / (1 + EXP(-zt[di]));
         }
     }
@@ -287,8 +293,8 @@ def load_kernel() -> ctypes.CDLL | None:
     for suf in ("f32", "f64"):
         getattr(lib, f"vscan_fwd_{suf}").argtypes = [p] * 8 + [i64] * 5 + [i32]
         getattr(lib, f"vscan_bwd_{suf}").argtypes = [p] * 14 + [i64] * 5 + [i32]
-        getattr(lib, f"vconv_silu_{suf}").argtypes = [p, i64] + [p] * 5 + [i64] * 5 + [i32]
-        getattr(lib, f"vgated_scan_{suf}").argtypes = [p] * 7 + [i64] + [p] * 3 + [i64] * 6 + [i32]
+        getattr(lib, f"vconv_silu_{suf}").argtypes = [p, i64] + [p] * 6 + [i64] * 5 + [i32]
+        getattr(lib, f"vgated_scan_{suf}").argtypes = [p] * 7 + [i64] + [p] * 4 + [i64] * 6 + [i32]
     return lib
 
 
@@ -350,23 +356,12 @@ class KernelScan(torch.autograd.Function):
         return gu, gdelta, gA, gBt.transpose(-1, -2), gCt.transpose(-1, -2), gh0, None
 
 
-def _row_stride(x: Tensor) -> int | None:
-    """The stride between consecutive (sequence, step) rows of an s x l x d tensor whose rows are
-    evenly spaced with unit-stride channels (e.g. a slice of a linear layer's output), else None."""
-    s, l, d = x.shape
-    if d > 1 and x.stride(2) != 1:
-        return None
-    if l == 1:
-        return x.stride(0)
-    if s == 1 or x.stride(0) == l * x.stride(1):
-        return x.stride(1)
-    return None
-
-
 def _rows(x: Tensor) -> tuple[Tensor, int]:
-    """``x`` (s x l x d) and its row stride, copied to contiguous memory only when its rows are uneven."""
-    stride = _row_stride(x)
-    return (x, stride) if stride is not None else (x.contiguous(), x.shape[2])
+    """``x`` (T x d, unit-stride channels: e.g. a slice of a linear layer's output) and its row
+    stride; copied to contiguous memory only when its channels are strided."""
+    if x.shape[1] > 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    return x, x.stride(0)
 
 
 def _kernel() -> ctypes.CDLL:
@@ -377,106 +372,133 @@ def _kernel() -> ctypes.CDLL:
     return lib
 
 
-def conv_silu(x: Tensor, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
+def sequence_offsets(lengths: tuple[int, ...] | list[int]) -> Tensor:
+    """The offsets tensor of sequences of these lengths (s + 1 int64 entries: 0, l0, l0 + l1, ...)
+    as ``conv_silu`` and ``gated_scan`` take it. Build it once and reuse it."""
+    if not lengths or any(int(l) < 1 for l in lengths):
+        raise ValueError(f"sequence lengths must be at least 1, got {lengths}")
+    return torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
+
+
+def _check_offsets(offsets: Tensor, T: int) -> int:
+    """Cheap checks of offsets from ``sequence_offsets`` against T tokens; returns s."""
+    if offsets.dtype != torch.int64 or offsets.device.type != "cpu" or offsets.dim() != 1 or offsets.numel() < 2 \
+            or not offsets.is_contiguous() or int(offsets[-1]) != T:
+        raise ValueError(f"sequence offsets must come from sequence_offsets() and cover {T} tokens, got {offsets}")
+    return offsets.numel() - 1
+
+
+def conv_silu(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
               want_hist: bool = False) -> tuple[Tensor, Tensor | None]:
     """Inference only (no autograd): the depthwise conv + SiLU of an ``SSMMixer`` for k = 1 or 2
     directions, in one kernel call (``conv_silu_ref`` is the same in PyTorch).
 
-    x s x l x d (channel-last tokens; rows may be strided, e.g. a slice of in_proj's output);
+    x T x d: channel-last tokens (rows may be strided, e.g. a slice of in_proj's output), cut
+    into s sequences by ``offsets`` (s + 1 int64: sequence i is tokens offsets[i] .. offsets[i+1]-1);
     weight k*d x kw, bias k*d. Direction 0 is the causal conv (each token and the kw - 1 before
-    it), direction 1 the causal conv of the reversed sequence (each token and the kw - 1 after it),
-    zero padded. ``hist`` s x d x (kw - 1) (k = 1 only): the tokens before x_0, oldest first (a
-    stream's conv state). Returns u k x s x l x d and, with ``want_hist``, the last kw - 1 tokens
-    s x d x (kw - 1) (the next call's ``hist``), else None.
+    it), direction 1 the causal conv of the reversed sequence (each token and the kw - 1 after
+    it), zero padded at the sequence ends. ``hist`` s x d x (kw - 1) (k = 1 only): the tokens
+    before each sequence, oldest first (a stream's conv state). Returns u k x T x d and, with
+    ``want_hist``, each sequence's last kw - 1 tokens s x d x (kw - 1) (the next ``hist``), else None.
     """
     lib = _kernel()
-    s, l, d = x.shape
+    T, d = x.shape
     kw = weight.shape[-1]
+    s = _check_offsets(offsets, T)
     if k == 2 and (hist is not None or want_hist):
         raise ValueError("conv_silu: a carried history (hist / want_hist) needs a single direction (k = 1)")
     x, x_row_stride = _rows(x)
     weight, bias = weight.contiguous(), bias.contiguous()
     hist = None if hist is None else hist.contiguous()
-    u = x.new_empty(k, s, l, d)
+    u = x.new_empty(k, T, d)
     new_hist = x.new_empty(s, d, kw - 1) if want_hist else None
     getattr(lib, "vconv_silu_f32" if x.dtype == torch.float32 else "vconv_silu_f64")(
-        _ptr(x), x_row_stride, _ptr(hist), _ptr(weight), _ptr(bias), _ptr(u), _ptr(new_hist),
-        s, k, l, d, kw, torch.get_num_threads(),
+        _ptr(x), x_row_stride, _ptr(offsets), _ptr(hist), _ptr(weight), _ptr(bias), _ptr(u), _ptr(new_hist),
+        s, k, T, d, kw, torch.get_num_threads(),
     )
     return u, new_hist
 
 
-def conv_silu_ref(x: Tensor, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
+def conv_silu_ref(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
                   want_hist: bool = False) -> tuple[Tensor, Tensor | None]:
-    """``conv_silu`` with ``torch.nn.functional.conv1d``, as ``SSMMixer.forward`` computes it."""
-    s, l, d = x.shape
+    """``conv_silu`` with ``torch.nn.functional.conv1d`` as ``SSMMixer.forward`` computes it, one
+    sequence at a time."""
+    T, d = x.shape
     kw = weight.shape[-1]
-    xs = x.transpose(1, 2)  # s x d x l
-    if hist is not None:
-        xs = torch.cat((hist, xs), dim=-1)  # s x d x (kw - 1 + l)
-    outs = []
-    for dir in range(k):
-        seq = xs if dir == 0 else xs.flip(-1)
-        w = weight.view(k, d, 1, kw)[dir]  # d x 1 x kw
-        conv = torch.nn.functional.conv1d(seq, w, bias.view(k, d)[dir], padding=kw - 1, groups=d)
-        conv = conv[..., :seq.shape[-1]][..., -l:]  # s x d x l (causal; the history's outputs dropped)
-        outs.append(conv if dir == 0 else conv.flip(-1))
-    u = torch.nn.functional.silu(torch.stack(outs)).transpose(2, 3)  # k x s x l x d
-    return u, (xs[..., -(kw - 1):] if want_hist else None)
+    us, hists = [], []
+    for i, (t0, t1) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+        seq = x[t0:t1].t()[None]  # 1 x d x l
+        if hist is not None:
+            seq = torch.cat((hist[i:i + 1], seq), dim=-1)  # 1 x d x (kw - 1 + l)
+        outs = []
+        for dir in range(k):
+            xs = seq if dir == 0 else seq.flip(-1)
+            conv = torch.nn.functional.conv1d(xs, weight.view(k, d, 1, kw)[dir], bias.view(k, d)[dir],
+                                              padding=kw - 1, groups=d)[..., :xs.shape[-1]]  # causal
+            conv = conv[..., xs.shape[-1] - (t1 - t0):] if dir == 0 else conv[..., :t1 - t0].flip(-1)  # 1 x d x l
+            outs.append(conv[0].t())  # l x d
+        us.append(torch.stack(outs))  # k x l x d
+        padded = torch.cat((seq.new_zeros(1, d, kw - 1), seq), dim=-1)  # zero tokens before an empty history
+        hists.append(padded[0, :, -(kw - 1):])  # d x (kw - 1)
+    u = torch.nn.functional.silu(torch.cat(us, dim=1))  # k x T x d
+    return u, (torch.stack(hists) if want_hist else None)
 
 
-def gated_scan(u: Tensor, xdbl: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
-               z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
+def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A: Tensor,
+               D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
     """Inference only (no autograd): the gated selective scan of an ``SSMMixer`` after its conv
     and x_proj, for k = 1 or 2 directions, in one kernel call (``gated_scan_ref`` is the same in
-    PyTorch). Channel-last shapes (s sequences, l steps, d channels, n states, r = dt rank)::
+    PyTorch). Channel-last shapes (T tokens cut into s sequences by ``offsets`` as in ``conv_silu``,
+    d channels, n states, r = dt rank)::
 
-        u:    k x s x l x d        conv + SiLU output of each direction (direction 1 runs backwards)
-        xdbl: k x s x l x (r+2n)   x_proj output: dt_low, B, C
+        u:    k x T x d            conv + SiLU output of each direction (direction 1 runs backwards)
+        xdbl: k x T x (r+2n)       x_proj output: dt_low, B, C
         dt_proj_weight k x d x r, dt_bias k*d, A k*d x n (= -exp(A_log)), D k*d
-        z:    s x l x d            the gate (rows may be strided: a slice of in_proj's output)
-        h0:   s x d x n or None    initial state (k = 1 only); want_last: return the last state
+        z:    T x d                the gate (rows may be strided: a slice of in_proj's output)
+        h0:   s x d x n or None    initial states (k = 1 only); want_last: return the last states
 
     delta = softplus(dt_low @ dt_proj_weight^T + dt_bias); h_t = exp(delta_t A) h_{t-1} + delta_t
-    B_t u_t; returns y = (sum over directions of C_t . h_t + D u_t) * silu(z), s x l x d, and the
-    last state s x d x n (k = 1 and want_last) or None.
+    B_t u_t; returns y = (sum over directions of C_t . h_t + D u_t) * silu(z), T x d, and the
+    last states s x d x n (k = 1 and want_last) or None.
     """
     lib = _kernel()
-    k, s, l, d = u.shape
+    k, T, d = u.shape
     n, r = A.shape[1], dt_proj_weight.shape[2]
+    s = _check_offsets(offsets, T)
     if k == 2 and (h0 is not None or want_last):
         raise ValueError("gated_scan: a carried state (h0 / want_last) needs a single direction (k = 1)")
-    if tuple(z.shape) != (s, l, d):
-        raise ValueError(f"gated_scan: z must be s x l x d = {s} x {l} x {d}, got {tuple(z.shape)}")
+    if tuple(z.shape) != (T, d) or tuple(xdbl.shape) != (k, T, r + 2 * n):
+        raise ValueError(f"gated_scan: z must be T x d = {T} x {d} and xdbl k x T x (r + 2n) = {k} x {T} x {r + 2 * n}, "
+                         f"got {tuple(z.shape)} and {tuple(xdbl.shape)}")
     z, z_row_stride = _rows(z)
     u, xdbl, dt_proj_weight, dt_bias, A, D = (t.contiguous() for t in (u, xdbl, dt_proj_weight, dt_bias, A, D))
     h0 = None if h0 is None else h0.contiguous()
-    y = u.new_empty(s, l, d)
+    y = u.new_empty(T, d)
     last = u.new_empty(s, d, n) if want_last else None
     getattr(lib, "vgated_scan_f32" if u.dtype == torch.float32 else "vgated_scan_f64")(
         _ptr(u), _ptr(xdbl), _ptr(dt_proj_weight), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(z), z_row_stride,
-        _ptr(h0), _ptr(last), _ptr(y), s, k, l, d, n, r, torch.get_num_threads(),
+        _ptr(offsets), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
     )
     return y, last
 
 
-def gated_scan_ref(u: Tensor, xdbl: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
-                   z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
-    """``gated_scan`` in plain PyTorch, one time step at a time (the ground truth in tests)."""
-    k, s, l, d = u.shape
+def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A: Tensor,
+                   D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``gated_scan`` in plain PyTorch, one sequence and one time step at a time (the ground truth in tests)."""
+    k, T, d = u.shape
     n, r = A.shape[1], dt_proj_weight.shape[2]
-    dt_low, B, C = xdbl.split((r, n, n), dim=-1)  # k x s x l x r, k x s x l x n, k x s x l x n
+    dt_low, B, C = xdbl.split((r, n, n), dim=-1)  # k x T x r, k x T x n, k x T x n
     delta = torch.nn.functional.softplus(
-        torch.einsum("ksld,kcd->kslc", dt_low, dt_proj_weight) + dt_bias.view(k, 1, 1, d))  # k x s x l x d
+        torch.einsum("ktr,kdr->ktd", dt_low, dt_proj_weight) + dt_bias.view(k, 1, d))  # k x T x d
     A, D = A.view(k, d, n), D.view(k, d)
-    y = u.new_zeros(s, l, d)
-    last = None
-    for dir in range(k):
-        h = h0 if h0 is not None else u.new_zeros(s, d, n)  # s x d x n
-        for t in (range(l) if dir == 0 else reversed(range(l))):
-            dt_t, u_t = delta[dir, :, t], u[dir, :, t]  # s x d
-            h = torch.exp(dt_t[..., None] * A[dir]) * h + (dt_t * u_t)[..., None] * B[dir, :, t, None, :]
-            y[:, t] += (h * C[dir, :, t, None, :]).sum(-1) + D[dir] * u_t
-        last = h
+    y = u.new_zeros(T, d)
+    lasts = []
+    for i, (t0, t1) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+        for dir in range(k):
+            h = h0[i] if h0 is not None else u.new_zeros(d, n)  # d x n
+            for t in (range(t0, t1) if dir == 0 else reversed(range(t0, t1))):
+                h = torch.exp(delta[dir, t, :, None] * A[dir]) * h + (delta[dir, t] * u[dir, t])[:, None] * B[dir, t]
+                y[t] += (h * C[dir, t]).sum(-1) + D[dir] * u[dir, t]
+        lasts.append(h)
     y = y * torch.nn.functional.silu(z)
-    return y, (last if want_last else None)
+    return y, (torch.stack(lasts) if want_last else None)
