@@ -291,8 +291,8 @@ def test_headless_demo_without_a_display_saves_a_screenshot_and_a_take(tmp_path)
 
 def test_calibration_wizard_from_the_window(qtbot, tmp_path, output_dir, monkeypatch):
     """Ctrl+K opens the wizard on the pipeline's own devices. The demo performer follows the wizard's
-    prompts as a user would (stands, T-pose, then the heading pose, then moves freely again) while
-    the test only clicks Next; its sensors sit on their bones with random mountings and report in
+    prompts as a user would (stands, moves the sensor of each site it is asked for, T-pose, then the
+    heading pose, then moves freely again) while the test only clicks the wizard's buttons; its sensors sit on their bones with random mountings and report in
     random world headings, so the heading pose is needed. The recovered mountings are the rig's true
     ones within ``MOUNTING_TOL_DEG``, and the saved profile is offered in the toolbar."""
     from app.calibration_wizard import CapturePage, CheckPage, Phase, WizardConfig
@@ -316,7 +316,7 @@ def test_calibration_wizard_from_the_window(qtbot, tmp_path, output_dir, monkeyp
     studio.show()
     studio.start()
     assert studio.action_calibrate.shortcut().toString() == "Ctrl+K"
-    fast = WizardConfig(poll_ms=30, countdown_s=0.8, capture_s=1.2, camera_ok_s=0.3,
+    fast = WizardConfig(poll_ms=30, countdown_s=0.8, capture_s=1.2, camera_ok_s=0.3, assign_hold_s=0.3,
                         calibration=CalibrationConfig(heading=HeadingMethod.HEADING_POSE))
     qtbot.waitUntil(lambda: studio.bridge.stats().frames >= 10, timeout=30000)
     assert rig.performer.script.motion == Motion.LOOP
@@ -326,7 +326,15 @@ def test_calibration_wizard_from_the_window(qtbot, tmp_path, output_dir, monkeyp
     assert len(wizard.all_devices) == NUM_IMUS + 1
     assert rig.performer.script.motion == Motion.STILL  # asked to stand
     wizard.next()
-    assert wizard.currentPage().isComplete()  # sites: known from the pipeline
+    sites = wizard.currentPage()
+    assert sites.isComplete()  # sites: known from the pipeline
+    # assigned again from the start: the wizard asks for one site after the other, the performer moves
+    # the bone it names, and the wizard finds the sensor that moved
+    sites.clear_button.click()
+    assert not sites.isComplete() and rig.performer.script.motion == Motion.MOVE_SITE
+    qtbot.waitUntil(sites.isComplete, timeout=40000)
+    assert wizard.assignment == dict(rig.imus)
+    assert rig.performer.script.motion == Motion.STILL  # every sensor placed: stand still
     wizard.next()
     qtbot.waitUntil(lambda: wizard.currentPage().isComplete(), timeout=10000)  # camera: all keypoints seen
     wizard.next()
