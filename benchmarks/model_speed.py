@@ -100,14 +100,29 @@ def bench_scan(device: torch.device, quick: bool) -> dict:
             A=-torch.arange(1, n + 1.0).repeat(d, 1), B=torch.randn(b, n, L, generator=g), C=torch.randn(b, n, L, generator=g),
         )
         args = {k: v.to(device).requires_grad_() for k, v in args.items()}
-        row = {}
+        runs = {}
         for backend in backends:
             def run(backend=backend):
                 y = selective_scan(args["u"], args["delta"], args["A"], args["B"], args["C"],
                                    delta_softplus=True, backend=backend)
                 y.sum().backward()
-            reps = 1 if (backend is ScanBackend.REFERENCE and (quick or L > 100)) else 3
-            row[backend.value] = timed(run, device, reps)
+            runs[backend] = run
+            run()  # warm-up (and the C kernel's first-use build)
+        # the backends take turns, so a change in the machine's load hits them alike;
+        # the reference's long runs are repeated less
+        rounds = 3 if quick else 7
+        times: dict = {backend: [] for backend in backends}
+        for i in range(rounds):
+            for backend, run in runs.items():
+                if backend is ScanBackend.REFERENCE and i >= (1 if (quick or L > 100) else 3):
+                    continue
+                _sync(device)
+                t0 = time.perf_counter()
+                run()
+                _sync(device)
+                times[backend].append(time.perf_counter() - t0)
+        row = {backend.value: float(np.median(ts)) for backend, ts in times.items()}
+        row["load_average"] = os.getloadavg()[0]
         ref = row[ScanBackend.REFERENCE.value]
         row["speedup_chunked_vs_reference"] = ref / row[ScanBackend.CHUNKED.value]
         for k in (ScanBackend.CPU_KERNEL.value, ScanBackend.CUDA.value):

@@ -322,8 +322,9 @@ def _forward_chunks(d5: Tensor, du5: Tensor, A5: Tensor, B5: Tensor, C5: Tensor,
                     ) -> tuple[Tensor | None, Tensor, list[Tensor]]:
     """Run the chunks forward. Shapes as in ``_ChunkedScan``; returns y (b x g x dg x l, or None
     without ``want_y``), the last state b x g x dg x n and what ``keep`` asks for: ``"states"``:
-    E and S of every (batch slice, chunk) (see ``_chunk_states``), scratch buffers the caller must give back; ``"starts"``:
-    the state entering every chunk (an empty tensor for a zero state); ``"none"``: nothing."""
+    E and S of every (batch slice, chunk) (see ``_chunk_states``), scratch buffers the caller
+    must give back; ``"starts"``: the state entering every chunk (an empty tensor for a zero
+    state); ``"none"``: nothing."""
     lc, bs, nonneg = plan
     b, g, dg, _, l = d5.shape
     n = A5.shape[2]
@@ -340,15 +341,15 @@ def _forward_chunks(d5: Tensor, du5: Tensor, A5: Tensor, B5: Tensor, C5: Tensor,
             if keep == "starts":
                 kept.append(h.contiguous() if h is not None else d5.new_zeros(0))
             E, S = _chunk_states(d5[sl], du5[sl], A5, B5[sl], h, nonneg)
-            H = torch.mul(E, S, out=_SCRATCH.take(E.shape, E))  # the states, bs x g x dg x n x lc
-            h = H[..., -1].clone()
-            if want_y:
-                yc = H.mul_(C5[sl]).sum(3)  # bs x g x dg x lc
+            h = E[..., -1] * S[..., -1]  # the state leaving the chunk, bs x g x dg x n
+            if want_y:  # y_t = sum_n C_t h_t with h = E S
+                H = torch.mul(E, S, out=_SCRATCH.take(E.shape, E)).mul_(C5[sl])  # bs x g x dg x n x lc
+                yc = H.sum(3)  # bs x g x dg x lc
+                _SCRATCH.give(H)
                 if single:
                     y = yc
                 else:
                     y[sl] = yc
-            _SCRATCH.give(H)
             if keep == "states":
                 kept += [E, S]
             else:
