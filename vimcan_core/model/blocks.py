@@ -37,10 +37,10 @@ class _InferenceWeights:
     """An ``SSMMixer``'s parameters as its inference-only path takes them (derived, never trained;
     rebuilt whenever a parameter changes). k directions, Di channels, N states, R = dt rank, K = d_conv."""
 
-    conv_weight: Tensor  # kDi x K
+    conv_weight: Tensor  # k x K x Di: conv_weight tap-major
     conv_bias: Tensor  # kDi
     x_proj_t: Tensor  # k x Di x (R + 2N): x_proj_weight transposed
-    dt_proj_weight: Tensor  # k x Di x R
+    dt_proj_t: Tensor  # k x R x Di: dt_proj_weight transposed
     dt_bias: Tensor  # kDi
     A: Tensor  # kDi x N, = -exp(A_log)
     D: Tensor  # kDi
@@ -149,12 +149,13 @@ class SSMMixer(nn.Module):
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         if self._inference_cache is not None and self._inference_cache[0] == key:
             return self._inference_cache[1]
+        k, di, K = self.num_dirs, self.d_inner, self.d_conv
         with torch.no_grad():
             weights = _InferenceWeights(
-                conv_weight=self.conv_weight.detach()[:, 0, :].contiguous(),
+                conv_weight=self.conv_weight.detach().view(k, di, K).transpose(1, 2).contiguous(),
                 conv_bias=self.conv_bias.detach(),
                 x_proj_t=self.x_proj_weight.detach().transpose(1, 2).contiguous(),
-                dt_proj_weight=self.dt_proj_weight.detach().contiguous(),
+                dt_proj_t=self.dt_proj_weight.detach().transpose(1, 2).contiguous(),
                 dt_bias=self.dt_bias.detach(),
                 A=-torch.exp(self.A_log.detach()),
                 D=self.D.detach(),
@@ -178,7 +179,7 @@ class SSMMixer(nn.Module):
         xz = F.linear(x, self.in_proj.weight).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
         u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di
         xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N)
-        y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[:, di:])  # T x Di
+        y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A, w.D, xz[:, di:])  # T x Di
         return F.linear(y, self.out_proj.weight).view(Ns, L, C)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
@@ -207,7 +208,7 @@ class SSMMixer(nn.Module):
             xz[:, :di], offsets, w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x Di, Ns x Di x (K - 1)
         xdbl = torch.mm(u[0], w.x_proj_t[0])  # Ns x (R + 2N)
         y, h = scan_cpu.gated_scan(
-            u, xdbl[None], offsets, w.dt_proj_weight, w.dt_bias, w.A, w.D, xz[:, di:], h0=state.ssm, want_last=True,
+            u, xdbl[None], offsets, w.dt_proj_t, w.dt_bias, w.A, w.D, xz[:, di:], h0=state.ssm, want_last=True,
         )  # Ns x Di, Ns x Di x N
         return F.linear(y, self.out_proj.weight), SSMState(conv=conv, ssm=h)
 

@@ -154,7 +154,8 @@ void vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* 
 _INFER_TEMPLATE = r"""
 /* Direction 0 is the causal conv, u_t = silu(b + sum_j w_j x_{t-(kw-1)+j}); direction 1 is the causal
    conv of the reversed sequence, u_t = silu(b + sum_j w_j x_{t+(kw-1)-j}). Tokens outside the sequence
-   are zero, except that hist (k = 1 only) holds the kw - 1 tokens before its first (a stream's conv state). */
+   are zero, except that hist (k = 1 only) holds the kw - 1 tokens before its first (a stream's conv
+   state). Loops run over channels innermost, so they vectorise. */
 void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const REAL* hist, const REAL* w,
                     const REAL* bias, REAL* u, REAL* new_hist, long s, long k, long T, long d, long kw,
                     int nthreads) {
@@ -166,17 +167,24 @@ void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const REA
         for (long dir = 0; dir < k; dir++)
             for (long t = 0; t < l; t++) {
                 REAL* ut = u + (dir * T + t0 + t) * d;
-                for (long c = 0; c < d; c++) {
-                    const REAL* wc = w + (dir * d + c) * kw;
-                    REAL acc = bias[dir * d + c];
-                    for (long j = 0; j < kw; j++) {
-                        long pos = dir == 0 ? t - (kw - 1) + j : t + (kw - 1) - j;
-                        if (pos >= l) continue;
-                        if (pos >= 0) acc += wc[j] * xs[pos * x_row_stride + c];
-                        else if (hs) acc += wc[j] * hs[c * (kw - 1) + (kw - 1) + pos];
+                const REAL* b = bias + dir * d;
+                #pragma omp simd
+                for (long c = 0; c < d; c++) ut[c] = b[c];
+                for (long j = 0; j < kw; j++) {
+                    long pos = dir == 0 ? t - (kw - 1) + j : t + (kw - 1) - j;
+                    const REAL* wj = w + (dir * kw + j) * d;   /* tap j of every channel */
+                    if (pos >= l) continue;
+                    if (pos >= 0) {
+                        const REAL* xp = xs + pos * x_row_stride;
+                        #pragma omp simd
+                        for (long c = 0; c < d; c++) ut[c] += wj[c] * xp[c];
+                    } else if (hs) {
+                        #pragma omp simd
+                        for (long c = 0; c < d; c++) ut[c] += wj[c] * hs[c * (kw - 1) + (kw - 1) + pos];
                     }
-                    ut[c] = acc / (1 + EXP(-acc));   /* SiLU */
                 }
+                #pragma omp simd
+                for (long c = 0; c < d; c++) ut[c] = ut[c] / (1 + EXP(-ut[c]));   /* SiLU */
             }
         if (new_hist)   /* the last kw - 1 tokens: the next call's hist */
             for (long c = 0; c < d; c++)
@@ -192,44 +200,55 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
                      const REAL* D, const REAL* z, long z_row_stride, const long* seg, const REAL* h0,
                      REAL* hlast, REAL* y, long s, long k, long T, long d, long n, long r, int nthreads) {
     long m = r + 2 * n;  /* x_proj output per token: dt_low (r), B (n), C (n) */
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (long si = 0; si < s; si++) {
-        long t0 = seg[si], l = seg[si + 1] - seg[si];
-        REAL* ys = y + t0 * d;   /* l x d, accumulates the directions */
-        for (long i = 0; i < l * d; i++) ys[i] = 0;
-        for (long dir = 0; dir < k; dir++) {
-            const REAL* us = u + (dir * T + t0) * d;     /* l x d */
-            const REAL* xs = xdbl + (dir * T + t0) * m;  /* l x m */
-            for (long di = 0; di < d; di++) {
-                long c = dir * d + di;   /* row of the k*d per-channel parameters */
-                const REAL* Ad = A + c * n;
-                const REAL* wd = wdt + c * r;
-                REAL h[MAXN];
-                for (long q = 0; q < n; q++) h[q] = h0 ? h0[(si * d + di) * n + q] : 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        REAL* scratch = (REAL*)malloc(sizeof(REAL) * (d * n + d));   /* a state d x n, then delta d */
+        REAL* delta = scratch + d * n;
+        #pragma omp for schedule(static)
+        for (long si = 0; si < s; si++) {
+            long t0 = seg[si], l = seg[si + 1] - seg[si];
+            REAL* ys = y + t0 * d;   /* l x d, accumulates the directions */
+            for (long i = 0; i < l * d; i++) ys[i] = 0;
+            for (long dir = 0; dir < k; dir++) {
+                REAL* h = hlast ? hlast + si * d * n : scratch;   /* d x n, updated in place */
+                for (long i = 0; i < d * n; i++) h[i] = h0 ? h0[si * d * n + i] : 0;
                 for (long step = 0; step < l; step++) {
                     long t = dir == 0 ? step : l - 1 - step;   /* direction 1 runs backwards */
-                    const REAL* row = xs + t * m;
+                    const REAL* row = xdbl + (dir * T + t0 + t) * m;
                     const REAL* Bq = row + r;
                     const REAL* Cq = row + r + n;
-                    REAL dt = dt_bias[c];                      /* delta = softplus(dt_proj(dt_low) + dt_bias) */
-                    for (long j = 0; j < r; j++) dt += wd[j] * row[j];
-                    dt = dt > 20 ? dt : LOG1P(EXP(dt));        /* torch's softplus threshold */
-                    REAL ut = us[t * d + di], du = dt * ut, acc = 0;
-                    #pragma omp simd reduction(+:acc)
-                    for (long q = 0; q < n; q++) {
-                        h[q] = EXP(dt * Ad[q]) * h[q] + du * Bq[q];
-                        acc += h[q] * Cq[q];
+                    const REAL* ut = u + (dir * T + t0 + t) * d;
+                    /* delta = softplus(dt_proj(dt_low) + dt_bias), torch's softplus threshold 20 */
+                    #pragma omp simd
+                    for (long c = 0; c < d; c++) delta[c] = dt_bias[dir * d + c];
+                    for (long j = 0; j < r; j++) {
+                        const REAL* wj = wdt + (dir * r + j) * d;
+                        #pragma omp simd
+                        for (long c = 0; c < d; c++) delta[c] += row[j] * wj[c];
                     }
-                    ys[t * d + di] += acc + D[c] * ut;
+                    #pragma omp simd
+                    for (long c = 0; c < d; c++) delta[c] = delta[c] > 20 ? delta[c] : LOG1P(EXP(delta[c]));
+                    for (long c = 0; c < d; c++) {
+                        const REAL* Ac = A + (dir * d + c) * n;
+                        REAL* hc = h + c * n;
+                        REAL dt = delta[c], du = dt * ut[c], acc = 0;
+                        #pragma omp simd reduction(+:acc)
+                        for (long q = 0; q < n; q++) {
+                            hc[q] = EXP(dt * Ac[q]) * hc[q] + du * Bq[q];
+                            acc += hc[q] * Cq[q];
+                        }
+                        ys[t * d + c] += acc + D[dir * d + c] * ut[c];
+                    }
                 }
-                if (hlast)
-                    for (long q = 0; q < n; q++) hlast[(si * d + di) * n + q] = h[q];
+            }
+            for (long t = 0; t < l; t++) {   /* gate: y * silu(z) */
+                const REAL* zt = z + (t0 + t) * z_row_stride;
+                REAL* yt = ys + t * d;
+                #pragma omp simd
+                for (long c = 0; c < d; c++) yt[c] *= zt[c] / (1 + EXP(-zt[c]));
             }
         }
-        for (long t = 0; t < l; t++) {   /* gate: y * silu(z) */
-            const REAL* zt = z + (t0 + t) * z_row_stride;
-            for (long di = 0; di < d; di++) ys[t * d + di] *= zt[di] / (1 + EXP(-zt[di]));
-        }
+        free(scratch);
     }
 }
 """
@@ -395,7 +414,7 @@ def conv_silu(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, 
 
     x T x d: channel-last tokens (rows may be strided, e.g. a slice of in_proj's output), cut
     into s sequences by ``offsets`` (s + 1 int64: sequence i is tokens offsets[i] .. offsets[i+1]-1);
-    weight k*d x kw, bias k*d. Direction 0 is the causal conv (each token and the kw - 1 before
+    weight k x kw x d (tap-major: ``conv_weight.view(k, d, kw).transpose(1, 2)``), bias k*d. Direction 0 is the causal conv (each token and the kw - 1 before
     it), direction 1 the causal conv of the reversed sequence (each token and the kw - 1 after
     it), zero padded at the sequence ends. ``hist`` s x d x (kw - 1) (k = 1 only): the tokens
     before each sequence, oldest first (a stream's conv state). Returns u k x T x d and, with
@@ -403,7 +422,7 @@ def conv_silu(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, 
     """
     lib = _kernel()
     T, d = x.shape
-    kw = weight.shape[-1]
+    kw = weight.shape[1]
     s = _check_offsets(offsets, T)
     if k == 2 and (hist is not None or want_hist):
         raise ValueError("conv_silu: a carried history (hist / want_hist) needs a single direction (k = 1)")
@@ -424,7 +443,8 @@ def conv_silu_ref(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: i
     """``conv_silu`` with ``torch.nn.functional.conv1d`` as ``SSMMixer.forward`` computes it, one
     sequence at a time."""
     T, d = x.shape
-    kw = weight.shape[-1]
+    kw = weight.shape[1]
+    weight = weight.transpose(1, 2)  # k x d x kw, as conv1d takes it
     us, hists = [], []
     for i, (t0, t1) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
         seq = x[t0:t1].t()[None]  # 1 x d x l
@@ -444,7 +464,7 @@ def conv_silu_ref(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: i
     return u, (torch.stack(hists) if want_hist else None)
 
 
-def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A: Tensor,
+def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
                D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
     """Inference only (no autograd): the gated selective scan of an ``SSMMixer`` after its conv
     and x_proj, for k = 1 or 2 directions, in one kernel call (``gated_scan_ref`` is the same in
@@ -453,17 +473,17 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_weight: Tensor,
 
         u:    k x T x d            conv + SiLU output of each direction (direction 1 runs backwards)
         xdbl: k x T x (r+2n)       x_proj output: dt_low, B, C
-        dt_proj_weight k x d x r, dt_bias k*d, A k*d x n (= -exp(A_log)), D k*d
+        dt_proj_t k x r x d (dt_proj_weight transposed), dt_bias k*d, A k*d x n (= -exp(A_log)), D k*d
         z:    T x d                the gate (rows may be strided: a slice of in_proj's output)
         h0:   s x d x n or None    initial states (k = 1 only); want_last: return the last states
 
-    delta = softplus(dt_low @ dt_proj_weight^T + dt_bias); h_t = exp(delta_t A) h_{t-1} + delta_t
+    delta = softplus(dt_low @ dt_proj_t + dt_bias); h_t = exp(delta_t A) h_{t-1} + delta_t
     B_t u_t; returns y = (sum over directions of C_t . h_t + D u_t) * silu(z), T x d, and the
     last states s x d x n (k = 1 and want_last) or None.
     """
     lib = _kernel()
     k, T, d = u.shape
-    n, r = A.shape[1], dt_proj_weight.shape[2]
+    n, r = A.shape[1], dt_proj_t.shape[1]
     s = _check_offsets(offsets, T)
     if k == 2 and (h0 is not None or want_last):
         raise ValueError("gated_scan: a carried state (h0 / want_last) needs a single direction (k = 1)")
@@ -471,25 +491,24 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_weight: Tensor,
         raise ValueError(f"gated_scan: z must be T x d = {T} x {d} and xdbl k x T x (r + 2n) = {k} x {T} x {r + 2 * n}, "
                          f"got {tuple(z.shape)} and {tuple(xdbl.shape)}")
     z, z_row_stride = _rows(z)
-    u, xdbl, dt_proj_weight, dt_bias, A, D = (t.contiguous() for t in (u, xdbl, dt_proj_weight, dt_bias, A, D))
+    u, xdbl, dt_proj_t, dt_bias, A, D = (t.contiguous() for t in (u, xdbl, dt_proj_t, dt_bias, A, D))
     h0 = None if h0 is None else h0.contiguous()
     y = u.new_empty(T, d)
     last = u.new_empty(s, d, n) if want_last else None
     getattr(lib, "vgated_scan_f32" if u.dtype == torch.float32 else "vgated_scan_f64")(
-        _ptr(u), _ptr(xdbl), _ptr(dt_proj_weight), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(z), z_row_stride,
+        _ptr(u), _ptr(xdbl), _ptr(dt_proj_t), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(z), z_row_stride,
         _ptr(offsets), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
     )
     return y, last
 
 
-def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A: Tensor,
+def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
                    D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
     """``gated_scan`` in plain PyTorch, one sequence and one time step at a time (the ground truth in tests)."""
     k, T, d = u.shape
-    n, r = A.shape[1], dt_proj_weight.shape[2]
+    n, r = A.shape[1], dt_proj_t.shape[1]
     dt_low, B, C = xdbl.split((r, n, n), dim=-1)  # k x T x r, k x T x n, k x T x n
-    delta = torch.nn.functional.softplus(
-        torch.einsum("ktr,kdr->ktd", dt_low, dt_proj_weight) + dt_bias.view(k, 1, d))  # k x T x d
+    delta = torch.nn.functional.softplus(torch.bmm(dt_low, dt_proj_t) + dt_bias.view(k, 1, d))  # k x T x d
     A, D = A.view(k, d, n), D.view(k, d)
     y = u.new_zeros(T, d)
     lasts = []
