@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from vimcan_core.errors import CheckpointError, InputShapeError, VimcanError
 from vimcan_core.live import StreamingPoseEstimator, pick_device
 from vimcan_core.model import FusionMode, Vimcan, preset
+from vimcan_core.model.blocks import SSMMixer
 from vimcan_core.model.checkpoint import save_checkpoint
 
 SMALL = dict(embed_dim=16, fused_dim=24, num_skeleton_layers=1, d_state=4, mlp_ratio=2.0)
@@ -102,3 +105,23 @@ def test_cuda_steps_match_cpu() -> None:
     out = np.stack([gpu.step(kp[t], q[t], valid[t]) for t in range(8)])
     assert gpu.backend.startswith("cuda")
     assert np.abs(out - ref).max() < 1e-3
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "resources" / "models" / "vimcan-t-streaming.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped streaming checkpoint is not in this checkout")
+def test_shipped_model_steps_equal_its_reference_and_causal_forward(monkeypatch) -> None:
+    """The shipped weights load unchanged and the inference-only step path gives the reference
+    step's and the full causal forward's poses (float32, 1e-5 m)."""
+    kp, q, valid = _sequence(12)
+    est = StreamingPoseEstimator(SHIPPED, device="cpu")
+    fast = np.stack([est.step(kp[t], q[t], valid[t]) for t in range(len(kp))])
+    with torch.no_grad():
+        full = est.model(torch.from_numpy(kp)[None], torch.from_numpy(q)[None], torch.from_numpy(valid)[None])[0].numpy()
+    monkeypatch.setattr(SSMMixer, "fast_inference", False)
+    est.reset()
+    ref = np.stack([est.step(kp[t], q[t], valid[t]) for t in range(len(kp))])
+    assert np.abs(fast - ref).max() < 1e-5
+    assert np.abs(fast - full).max() < 1e-5
+    assert np.abs(fast).max() > 1e-2  # real poses, not zeros

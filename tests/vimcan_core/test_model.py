@@ -10,6 +10,8 @@ import torch
 from vimcan_core.errors import CheckpointError, InputShapeError, VimcanError
 from vimcan_core.losses import vimcan_loss
 from vimcan_core.model import FusionMode, Vimcan, VimcanConfig, preset
+from vimcan_core.model import scan_cpu
+from vimcan_core.model.blocks import SSMMixer
 from vimcan_core.model.checkpoint import load_checkpoint, save_checkpoint
 from vimcan_core.skeleton import Joint
 
@@ -296,3 +298,128 @@ def test_package_import_builds_nothing() -> None:
             "assert 'torch' not in sys.modules, 'config import pulled in torch'; "
             "m.Vimcan; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the inference-only step path (SSMMixer.infer / step through the C kernels) ---------------
+needs_kernel = pytest.mark.skipif(scan_cpu.load_kernel() is None, reason="needs the compiled CPU kernel (cc)")
+
+
+def _steps(model: Vimcan, kp: torch.Tensor, q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Every frame through ``model.step``: B x T x 17 x 3."""
+    with torch.no_grad():
+        state = model.init_state(kp.shape[0])
+        out = []
+        for t in range(kp.shape[1]):
+            y, state = model.step(kp[:, t], q[:, t], valid[:, t], state)
+            out.append(y)
+    return torch.stack(out, 1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lengths, k, state", [
+    ((5, 3, 3, 3, 3), 2, False),  # the five body parts of one frame, both directions
+    ((17,), 2, False),  # one skeleton-order sequence
+    ((1,) * 6, 1, True),  # a streaming step: every token its own sequence, with carried state
+    ((4, 1, 2), 1, True),  # uneven sequences longer than the conv, with state
+])
+def test_inference_kernels_match_their_references(lengths, k, state, dtype) -> None:
+    g = torch.Generator().manual_seed(1)
+    T, s, d, n, r, kw = sum(lengths), len(lengths), 12, 5, 3, 4
+    offsets = scan_cpu.sequence_offsets(lengths)
+    xz = torch.randn(T, 2 * d, generator=g, dtype=dtype)  # like in_proj's output: x, then z
+    hist = torch.randn(s, d, kw - 1, generator=g, dtype=dtype) if state else None
+    conv_w = torch.randn(k, kw, d, generator=g, dtype=dtype)
+    bias = torch.randn(k * d, generator=g, dtype=dtype)
+    u, h = scan_cpu.conv_silu(xz[:, :d], offsets, conv_w, bias, k, hist, want_hist=state)
+    u_ref, h_ref = scan_cpu.conv_silu_ref(xz[:, :d], offsets, conv_w, bias, k, hist, want_hist=state)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert u.shape == (k, T, d) and (u - u_ref).abs().max() < tol
+    if state:
+        assert torch.equal(h, h_ref)
+    xdbl = torch.randn(k, T, r + 2 * n, generator=g, dtype=dtype)
+    dt_t = torch.randn(k, r, d, generator=g, dtype=dtype) * 0.5
+    A = -torch.rand(k * d, n, generator=g, dtype=dtype) * 3
+    D = torch.randn(k * d, generator=g, dtype=dtype)
+    h0 = torch.randn(s, d, n, generator=g, dtype=dtype) if state else None
+    y, last = scan_cpu.gated_scan(u, xdbl, offsets, dt_t, bias, A, D, xz[:, d:], h0, want_last=state)
+    y_ref, last_ref = scan_cpu.gated_scan_ref(u, xdbl, offsets, dt_t, bias, A, D, xz[:, d:], h0, want_last=state)
+    assert y.shape == (T, d) and (y - y_ref).abs().max() < tol * max(1.0, float(y_ref.abs().max()))
+    if state:
+        assert (last - last_ref).abs().max() < tol * max(1.0, float(last_ref.abs().max()))
+    # a sequence scanned alone gives what it gives inside the batch (the offsets separate them)
+    first = scan_cpu.sequence_offsets(lengths[:1])
+    y0, _ = scan_cpu.gated_scan(u[:, :lengths[0]], xdbl[:, :lengths[0]], first, dt_t, bias, A, D,
+                                xz[:lengths[0], d:], None if h0 is None else h0[:1])
+    assert (y0 - y[:lengths[0]]).abs().max() < tol * max(1.0, float(y0.abs().max()))
+
+
+@needs_kernel
+def test_inference_kernels_refuse_bad_offsets() -> None:
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="cover 6 tokens"):
+        scan_cpu.conv_silu(x, scan_cpu.sequence_offsets((2, 3)), torch.randn(1, 4, 4), torch.randn(4), 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        scan_cpu.sequence_offsets((3, 0, 3))
+    with pytest.raises(ValueError, match="single direction"):
+        scan_cpu.conv_silu(x, scan_cpu.sequence_offsets((6,)), torch.randn(2, 4, 4), torch.randn(8), 2, want_hist=True)
+
+
+@needs_kernel
+def test_mixer_infer_equals_forward_on_each_segment() -> None:
+    torch.manual_seed(0)
+    mixer = SSMMixer(24, preset("vimcan-t", **SMALL), bidirectional=True).eval()
+    x = torch.randn(3, 17, 24)
+    with torch.no_grad():
+        fast = mixer.infer(x, (5, 3, 3, 3, 3))
+        ref = torch.cat([mixer(piece) for piece in x.split((5, 3, 3, 3, 3), dim=1)], dim=1)
+        whole = mixer.infer(x)
+        assert (fast - ref).abs().max() < 1e-5
+        assert (whole - mixer(x)).abs().max() < 1e-5
+        assert (whole - fast).abs().max() > 1e-3  # the segments really are scanned apart
+
+
+@needs_kernel
+@pytest.mark.parametrize("fusion", [FusionMode.CROSS_ATTENTION, FusionMode.VISION_ONLY])
+def test_fast_step_equals_reference_step_and_forward(monkeypatch, fusion: FusionMode) -> None:
+    model = _model(streaming=True, fusion=fusion)
+    kp, q, valid = _inputs(B=2, T=9)
+    valid[0, 2:5, 1] = False
+    fast = _steps(model, kp, q, valid)
+    with torch.no_grad():
+        full = model(kp, q, valid)
+    monkeypatch.setattr(SSMMixer, "fast_inference", False)
+    ref = _steps(model, kp, q, valid)
+    assert (fast - ref).abs().max() < 1e-5
+    assert (fast - full).abs().max() < 1e-5
+
+
+@needs_kernel
+def test_fast_path_follows_parameter_changes(monkeypatch) -> None:
+    """The cached derived weights (-exp(A_log), transposes) are rebuilt after load_state_dict,
+    an optimizer step or a dtype change; with autograd on, step takes the reference path."""
+    model = _model(streaming=True)
+    kp, q, valid = _inputs(B=1, T=5)
+    before = _steps(model, kp, q, valid)  # fills the caches
+    other = _model(streaming=True)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.load_state_dict(other.state_dict())
+    after = _steps(model, kp, q, valid)
+    assert (after - before).abs().max() > 1e-3
+    assert (after - _steps(other, kp, q, valid)).abs().max() < 1e-6
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(kp, q, valid).square().mean().backward()
+    opt.step()
+    stepped = _steps(model, kp, q, valid)
+    monkeypatch.setattr(SSMMixer, "fast_inference", False)
+    assert (stepped - _steps(model, kp, q, valid)).abs().max() < 1e-5
+    monkeypatch.setattr(SSMMixer, "fast_inference", True)
+    model.double()
+    out64 = _steps(model, kp.double(), q.double(), valid)
+    assert out64.dtype == torch.float64 and (out64 - stepped.double()).abs().max() < 1e-4
+    # with autograd on, step is differentiable (the reference path)
+    state = model.init_state(1)
+    y, _ = model.step(kp[:, 0].double(), q[:, 0].double(), valid[:, 0], state)
+    assert y.requires_grad
