@@ -21,14 +21,18 @@ Shapes (``r`` = real):
 Backends (``ScanBackend``):
 
 * ``REFERENCE``: the plain sequential recurrence, one time step at a time. Slow; ground truth.
-* ``CHUNKED``: vectorised pure PyTorch, the default on CPU. Time is cut into chunks; inside a chunk
-  the recurrence is solved in closed form with cumulative sums of the log decays
-  (``h_t = e^{c_t} (h_0 + sum_{s<=t} e^{-c_s} x_s)``, ``c`` the cumulative ``delta * A``). The chunk
-  length is chosen so that ``|c| <= SAFE_LOG`` inside a chunk, so the exponentials never
-  overflow, whatever the sequence length. It is a custom autograd function: the forward pass keeps
-  only the state at each chunk start, the backward pass recomputes the chunk's states and runs the
-  adjoint recurrence in the same closed form. Batch and chunk are both sliced so no temporary
-  exceeds ``MAX_CHUNK_ELEMENTS`` elements (never a full b x d x l x n tensor).
+* ``CHUNKED``: vectorised pure PyTorch, the fallback on CPU. Time is cut into chunks; inside a
+  chunk the recurrence is solved in closed form, ``h_t = E_t sum_{s<=t} x_s / E_s`` with
+  ``E_t = exp(A (k_t - m))``: since A does not depend on time, the cumulative log decay is A times
+  a cumulative sum of delta taken on the small b x d x l tensor. Each chunk's exponents are
+  centred on their range and the chunk length is chosen (one host sync) so that they stay within
+  ``+-SAFE_LOG``; each chunk's first step is applied explicitly, so a single huge step (a decay
+  that underflows to 0) only shortens the chunks, whatever the sequence length. It is a custom
+  autograd function: the forward keeps the chunks' decays and scaled states for the backward
+  (or, for very long inputs, only the state at each chunk start, and the backward recomputes),
+  and the backward solves the adjoint recurrence in the same closed form. Full-size temporaries
+  (b_slice x d x n x l_chunk, at most ``MAX_CHUNK_ELEMENTS``) come from a small scratch pool, as
+  fresh multi-megabyte allocations cost more than the arithmetic on a small CPU.
 * ``CPU_KERNEL``: the same recurrence as a fused C loop (``scan_cpu.py``, compiled on first use
   with the system C compiler): one pass over the inputs, states in registers, several times
   faster than ``CHUNKED`` for training on a CPU.
