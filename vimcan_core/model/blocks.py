@@ -47,7 +47,7 @@ class _InferenceWeights:
 
 
 @lru_cache(maxsize=64)
-def _sequence_offsets(rows: int, length: int, segments: tuple[int, ...] | None) -> Tensor:
+def _sequence_offsets(rows: int, length: int, segments: tuple[int, ...] | None) -> scan_cpu.Sequences:
     """Offsets of the sequences in ``rows`` x ``length`` tokens, each row cut into ``segments``
     (None: one sequence per row); see ``scan_cpu.sequence_offsets``. Cached: built once per shape."""
     return scan_cpu.sequence_offsets((segments or (length,)) * rows)
@@ -146,7 +146,7 @@ class SSMMixer(nn.Module):
         """The derived weights, rebuilt when any parameter they come from has changed: an optimizer
         step or ``load_state_dict`` bumps a parameter's version, ``.to()`` gives it new storage."""
         params = (self.conv_weight, self.conv_bias, self.x_proj_weight, self.dt_proj_weight, self.dt_bias, self.A_log, self.D)
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        key = tuple((p.data_ptr(), p._version) for p in params)
         if self._inference_cache is not None and self._inference_cache[0] == key:
             return self._inference_cache[1]
         k, di, K = self.num_dirs, self.d_inner, self.d_conv
@@ -242,6 +242,17 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
 
+    def infer(self, x: Tensor) -> Tensor:
+        """``forward`` as plain function calls (in eval mode dropout is the identity)."""
+        if self.training:
+            return self.forward(x)
+        return F.linear(F.gelu(F.linear(x, self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` without the module call (the streaming step calls ~70 norms per frame)."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
 
 #: without gradients, a block's input is processed in slices of about this many elements
 INFERENCE_SLICE_ELEMENTS = 1 << 20
@@ -279,17 +290,18 @@ class BiSTSSM(nn.Module):
     def infer(self, x: Tensor, segments: tuple[int, ...] | None = None) -> Tensor:
         """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``;
         ``segments``: each row's sequences, scanned separately)."""
-        x = x + self.drop(self.mixer.infer(self.norm1(x), segments))  # Ns x L x C
-        return x + self.mlp(self.norm2(x))
+        y = self.mixer.infer(_layer_norm(self.norm1, x), segments)  # Ns x L x C
+        x = x + (self.drop(y) if self.training else y)
+        return x + self.mlp.infer(_layer_norm(self.norm2, x))
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         return self.mixer.init_state(batch, device, dtype)
 
     def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """x Ns x C (one time step) -> Ns x C, new state."""
-        y, state = self.mixer.step(self.norm1(x), state)
-        x = x + self.drop(y)
-        return x + self.mlp(self.norm2(x)), state
+        y, state = self.mixer.step(_layer_norm(self.norm1, x), state)
+        x = x + (self.drop(y) if self.training else y)
+        return x + self.mlp.infer(_layer_norm(self.norm2, x)), state
 
 
 class STMamba(nn.Module):

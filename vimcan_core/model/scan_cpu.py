@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -391,29 +392,45 @@ def _kernel() -> ctypes.CDLL:
     return lib
 
 
-def sequence_offsets(lengths: tuple[int, ...] | list[int]) -> Tensor:
-    """The offsets tensor of sequences of these lengths (s + 1 int64 entries: 0, l0, l0 + l1, ...)
-    as ``conv_silu`` and ``gated_scan`` take it. Build it once and reuse it."""
+@dataclass(frozen=True)
+class Sequences:
+    """T tokens cut into s sequences, as the inference kernels take them (``sequence_offsets``)."""
+
+    offsets: Tensor  # s + 1 int64 on the CPU: sequence i is tokens offsets[i] .. offsets[i+1] - 1
+    num_tokens: int  # T
+
+    @property
+    def count(self) -> int:
+        return self.offsets.numel() - 1
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """(first token, one past the last) of each sequence."""
+        o = self.offsets.tolist()
+        return list(zip(o[:-1], o[1:]))
+
+
+def sequence_offsets(lengths: tuple[int, ...] | list[int]) -> Sequences:
+    """Sequences of these lengths, one after the other. Build it once per shape and reuse it."""
     if not lengths or any(int(l) < 1 for l in lengths):
         raise ValueError(f"sequence lengths must be at least 1, got {lengths}")
-    return torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
+    offsets = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
+    return Sequences(offsets, int(offsets[-1]))
 
 
-def _check_offsets(offsets: Tensor, T: int) -> int:
-    """Cheap checks of offsets from ``sequence_offsets`` against T tokens; returns s."""
-    if offsets.dtype != torch.int64 or offsets.device.type != "cpu" or offsets.dim() != 1 or offsets.numel() < 2 \
-            or not offsets.is_contiguous() or int(offsets[-1]) != T:
-        raise ValueError(f"sequence offsets must come from sequence_offsets() and cover {T} tokens, got {offsets}")
-    return offsets.numel() - 1
+def _check_sequences(seqs: Sequences, T: int) -> int:
+    """Checks ``seqs`` against T tokens; returns the number of sequences."""
+    if not isinstance(seqs, Sequences) or seqs.num_tokens != T:
+        raise ValueError(f"sequences must come from sequence_offsets() and cover {T} tokens, got {seqs}")
+    return seqs.count
 
 
-def conv_silu(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
+def conv_silu(x: Tensor, offsets: Sequences, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
               want_hist: bool = False) -> tuple[Tensor, Tensor | None]:
     """Inference only (no autograd): the depthwise conv + SiLU of an ``SSMMixer`` for k = 1 or 2
     directions, in one kernel call (``conv_silu_ref`` is the same in PyTorch).
 
     x T x d: channel-last tokens (rows may be strided, e.g. a slice of in_proj's output), cut
-    into s sequences by ``offsets`` (s + 1 int64: sequence i is tokens offsets[i] .. offsets[i+1]-1);
+    into s sequences by ``offsets`` (``sequence_offsets``: sequence i is tokens o[i] .. o[i+1] - 1);
     weight k x kw x d (tap-major: ``conv_weight.view(k, d, kw).transpose(1, 2)``), bias k*d. Direction 0 is the causal conv (each token and the kw - 1 before
     it), direction 1 the causal conv of the reversed sequence (each token and the kw - 1 after
     it), zero padded at the sequence ends. ``hist`` s x d x (kw - 1) (k = 1 only): the tokens
@@ -423,7 +440,7 @@ def conv_silu(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, 
     lib = _kernel()
     T, d = x.shape
     kw = weight.shape[1]
-    s = _check_offsets(offsets, T)
+    s = _check_sequences(offsets, T)
     if k == 2 and (hist is not None or want_hist):
         raise ValueError("conv_silu: a carried history (hist / want_hist) needs a single direction (k = 1)")
     x, x_row_stride = _rows(x)
@@ -432,13 +449,13 @@ def conv_silu(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, 
     u = x.new_empty(k, T, d)
     new_hist = x.new_empty(s, d, kw - 1) if want_hist else None
     getattr(lib, "vconv_silu_f32" if x.dtype == torch.float32 else "vconv_silu_f64")(
-        _ptr(x), x_row_stride, _ptr(offsets), _ptr(hist), _ptr(weight), _ptr(bias), _ptr(u), _ptr(new_hist),
+        _ptr(x), x_row_stride, _ptr(offsets.offsets), _ptr(hist), _ptr(weight), _ptr(bias), _ptr(u), _ptr(new_hist),
         s, k, T, d, kw, torch.get_num_threads(),
     )
     return u, new_hist
 
 
-def conv_silu_ref(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
+def conv_silu_ref(x: Tensor, offsets: Sequences, weight: Tensor, bias: Tensor, k: int, hist: Tensor | None = None,
                   want_hist: bool = False) -> tuple[Tensor, Tensor | None]:
     """``conv_silu`` with ``torch.nn.functional.conv1d`` as ``SSMMixer.forward`` computes it, one
     sequence at a time."""
@@ -446,7 +463,7 @@ def conv_silu_ref(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: i
     kw = weight.shape[1]
     weight = weight.transpose(1, 2)  # k x d x kw, as conv1d takes it
     us, hists = [], []
-    for i, (t0, t1) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+    for i, (t0, t1) in enumerate(offsets.bounds()):
         seq = x[t0:t1].t()[None]  # 1 x d x l
         if hist is not None:
             seq = torch.cat((hist[i:i + 1], seq), dim=-1)  # 1 x d x (kw - 1 + l)
@@ -464,7 +481,7 @@ def conv_silu_ref(x: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, k: i
     return u, (torch.stack(hists) if want_hist else None)
 
 
-def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
+def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
                D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
     """Inference only (no autograd): the gated selective scan of an ``SSMMixer`` after its conv
     and x_proj, for k = 1 or 2 directions, in one kernel call (``gated_scan_ref`` is the same in
@@ -484,7 +501,7 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_t: Tensor, dt_b
     lib = _kernel()
     k, T, d = u.shape
     n, r = A.shape[1], dt_proj_t.shape[1]
-    s = _check_offsets(offsets, T)
+    s = _check_sequences(offsets, T)
     if k == 2 and (h0 is not None or want_last):
         raise ValueError("gated_scan: a carried state (h0 / want_last) needs a single direction (k = 1)")
     if tuple(z.shape) != (T, d) or tuple(xdbl.shape) != (k, T, r + 2 * n):
@@ -497,12 +514,12 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_t: Tensor, dt_b
     last = u.new_empty(s, d, n) if want_last else None
     getattr(lib, "vgated_scan_f32" if u.dtype == torch.float32 else "vgated_scan_f64")(
         _ptr(u), _ptr(xdbl), _ptr(dt_proj_t), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(z), z_row_stride,
-        _ptr(offsets), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
+        _ptr(offsets.offsets), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
     )
     return y, last
 
 
-def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
+def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
                    D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
     """``gated_scan`` in plain PyTorch, one sequence and one time step at a time (the ground truth in tests)."""
     k, T, d = u.shape
@@ -512,7 +529,7 @@ def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Tensor, dt_proj_t: Tensor, 
     A, D = A.view(k, d, n), D.view(k, d)
     y = u.new_zeros(T, d)
     lasts = []
-    for i, (t0, t1) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+    for i, (t0, t1) in enumerate(offsets.bounds()):
         for dir in range(k):
             h = h0[i] if h0 is not None else u.new_zeros(d, n)  # d x n
             for t in (range(t0, t1) if dir == 0 else reversed(range(t0, t1))):
