@@ -67,7 +67,7 @@ MAX_CHUNK_LEN = 128
 #: live at once stay in a share of the CPU's cache (measured at 1 thread, b=4 d=256 n=16 l=81, fwd+bwd:
 #: 21 ms with 2 MB slices against 28-30 ms with one 5 MB piece)
 MAX_CHUNK_ELEMENTS = 1 << 19
-#: the chunked forward keeps its decays and states (2 x b x d x n x l) for the backward up to this many
+#: the chunked forward keeps its decays and scaled states (2 x b x d x n x l) for the backward up to this many
 #: elements each (64 MB in float32); beyond, it keeps the chunk-start states and the backward recomputes
 MAX_SAVED_ELEMENTS = 1 << 24
 _LOG2_E = 1.4426950408889634
@@ -241,7 +241,7 @@ def _plan(delta: Tensor, A: Tensor) -> tuple[int, int, bool]:
     with torch.no_grad():
         rate = A.abs().amax(dim=1)  # d: the fastest |log decay| per unit of delta in each channel
         steps = delta.abs().mul_(rate[:, None])  # b x d x l, bound on each step's |log decay|
-        t_cap = max(1, min(l, MAX_CHUNK_LEN, MAX_CHUNK_ELEMENTS // (d * n)))
+        t_cap = min(l, MAX_CHUNK_LEN)
         lowest = delta.amin()
         if t_cap == l:  # the common case: does the whole sequence fit one chunk?
             worst = steps[..., 1:].sum(-1).amax() if l > 1 else steps.new_zeros(())
@@ -265,7 +265,9 @@ def _plan(delta: Tensor, A: Tensor) -> tuple[int, int, bool]:
 
 
 def _batch_slice(b: int, per_sequence: int) -> int:
-    """Batch slice size: as few slices as ``MAX_CHUNK_ELEMENTS`` allows, of near-equal sizes."""
+    """Batch slice size: as few slices as ``MAX_CHUNK_ELEMENTS`` allows, of near-equal sizes (one
+    sequence per slice when a single sequence's chunk already exceeds it: the chunk length is
+    bounded by ``MAX_CHUNK_LEN`` alone)."""
     most = max(1, min(b, MAX_CHUNK_ELEMENTS // max(1, per_sequence)))
     n_slices = -(-b // most)
     return -(-b // n_slices)
@@ -324,14 +326,21 @@ SCRATCH_MAX_BYTES = 256 << 20
 _SCRATCH = _Scratch(SCRATCH_MAX_BYTES)
 
 
+class _Keep(Enum):
+    """What the chunked forward keeps for the backward."""
+
+    NOTHING = "nothing"  # no gradient wanted
+    STATES = "states"  # E and S of every chunk: no recomputation
+    STARTS = "starts"  # the state entering every chunk: the backward recomputes E and S
+
+
 def _forward_chunks(d5: Tensor, du5: Tensor, A5: Tensor, B5: Tensor, C5: Tensor, h05: Tensor | None,
-                    plan: tuple[int, int, bool], keep: str, want_y: bool = True
+                    plan: tuple[int, int, bool], keep: _Keep, want_y: bool = True
                     ) -> tuple[Tensor | None, Tensor, list[Tensor]]:
     """Run the chunks forward. Shapes as in ``_ChunkedScan``; returns y (b x g x dg x l, or None
-    without ``want_y``), the last state b x g x dg x n and what ``keep`` asks for: ``"states"``:
+    without ``want_y``), the last state b x g x dg x n and what ``keep`` asks for: STATES:
     E and S of every (batch slice, chunk) (see ``_chunk_states``), scratch buffers the caller
-    must give back; ``"starts"``: the state entering every chunk (an empty tensor for a zero
-    state); ``"none"``: nothing."""
+    must give back; STARTS: the state entering every chunk (an empty tensor for a zero state)."""
     lc, bs, nonneg = plan
     b, g, dg, _, l = d5.shape
     n = A5.shape[2]
@@ -345,7 +354,7 @@ def _forward_chunks(d5: Tensor, du5: Tensor, A5: Tensor, B5: Tensor, C5: Tensor,
         for t0 in range(0, l, lc):
             t1 = min(l, t0 + lc)
             sl = (slice(b0, b1), Ellipsis, slice(t0, t1))
-            if keep == "starts":
+            if keep is _Keep.STARTS:
                 kept.append(h.contiguous() if h is not None else d5.new_zeros(0))
             E, S = _chunk_states(d5[sl], du5[sl], A5, B5[sl], h, nonneg)
             h = E[..., -1] * S[..., -1]  # the state leaving the chunk, bs x g x dg x n
@@ -357,7 +366,7 @@ def _forward_chunks(d5: Tensor, du5: Tensor, A5: Tensor, B5: Tensor, C5: Tensor,
                     y = yc
                 else:
                     y[sl] = yc
-            if keep == "states":
+            if keep is _Keep.STATES:
                 kept += [E, S]
             else:
                 _SCRATCH.give(E, S)
@@ -393,15 +402,15 @@ class _ChunkedScan(torch.autograd.Function):
         dg = d // g
         plan = _plan(delta, A)
         if not any(ctx.needs_input_grad):
-            keep = "none"
+            keep = _Keep.NOTHING
         else:
-            keep = "states" if b * d * n * l <= MAX_SAVED_ELEMENTS else "starts"
+            keep = _Keep.STATES if b * d * n * l <= MAX_SAVED_ELEMENTS else _Keep.STARTS
         y, last, kept = _forward_chunks(
             delta.view(b, g, dg, 1, l), (delta * u).view(b, g, dg, 1, l), A.view(g, dg, n, 1),
             B.view(b, g, 1, n, l), C.view(b, g, 1, n, l), h0.view(b, g, dg, n) if h0 is not None else None,
             plan, keep,
         )
-        if keep == "states":  # scratch buffers: on ctx, handed back to the pool by the backward
+        if keep is _Keep.STATES:  # scratch buffers: on ctx, handed back to the pool by the backward
             ctx.save_for_backward(u, delta, A, B, C, h0)
             ctx.kept = kept
         else:
@@ -427,7 +436,7 @@ class _ChunkedScan(torch.autograd.Function):
         h05 = h0.view(b, g, dg, n) if h0 is not None else None
         kept, ctx.kept = ctx.kept, None  # a second backward (retain_graph) recomputes
         if kept is None and not starts:
-            _, _, starts = _forward_chunks(d5, du5, A5, B5, C5, h05, plan, "starts", want_y=False)
+            _, _, starts = _forward_chunks(d5, du5, A5, B5, C5, h05, plan, _Keep.STARTS, want_y=False)
         gy5 = gy.reshape(b, g, dg, 1, l) if gy is not None else u.new_zeros(b, g, dg, 1, l)
         g_u = u.new_empty(b, g, dg, l)
         g_delta = u.new_empty(b, g, dg, l)
