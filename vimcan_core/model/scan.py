@@ -370,7 +370,7 @@ def _forward_chunks(d5: Tensor, du5: Tensor, A5: Tensor, B5: Tensor, C5: Tensor,
                 kept += [E, S]
             else:
                 _SCRATCH.give(E, S)
-        last[b0:b1] = h
+        last[b0:b1] = h if h is not None else 0.0  # (None: l = 0 and no initial state)
     return y, last, kept
 
 
@@ -492,7 +492,7 @@ class _ChunkedScan(torch.autograd.Function):
                 _SCRATCH.give(E, S, V)  # not R, gh: torch.flip allocated them, and a freed
                 # allocation is reused by the next flip, while a pooled one would force a fresh one
             if g_h0 is not None:
-                g_h0[b0:b1] = carry
+                g_h0[b0:b1] = carry if carry is not None else 0.0
         return (
             g_u.view(b, d, l),
             g_delta.view(b, d, l),
