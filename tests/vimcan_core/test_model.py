@@ -423,3 +423,14 @@ def test_fast_path_follows_parameter_changes(monkeypatch) -> None:
     state = model.init_state(1)
     y, _ = model.step(kp[:, 0].double(), q[:, 0].double(), valid[:, 0], state)
     assert y.requires_grad
+
+
+@needs_kernel
+def test_fast_step_of_a_model_built_under_inference_mode() -> None:
+    """Parameters created under torch.inference_mode keep no version counter: the path still runs."""
+    kp, q, valid = _inputs(B=1, T=4)
+    reference = _steps(_model(streaming=True), kp, q, valid)
+    with torch.inference_mode():
+        model = _model(streaming=True)
+        out = _steps(model, kp, q, valid)
+    assert (out - reference).abs().max() < 1e-6

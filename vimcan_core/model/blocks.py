@@ -91,7 +91,7 @@ class SSMMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(k * di))
         self.out_proj = nn.Linear(di, dim, bias=False)
         self._init_mamba(config)
-        self._inference_cache: tuple[tuple, _InferenceWeights] | None = None
+        self._inference_cache: tuple[tuple | None, _InferenceWeights] | None = None
 
     @torch.no_grad()
     def _init_mamba(self, config: VimcanConfig) -> None:
@@ -146,8 +146,11 @@ class SSMMixer(nn.Module):
         """The derived weights, rebuilt when any parameter they come from has changed: an optimizer
         step or ``load_state_dict`` bumps a parameter's version, ``.to()`` gives it new storage."""
         params = (self.conv_weight, self.conv_bias, self.x_proj_weight, self.dt_proj_weight, self.dt_bias, self.A_log, self.D)
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if self._inference_cache is not None and self._inference_cache[0] == key:
+        try:
+            key: tuple | None = tuple((p.data_ptr(), p._version) for p in params)
+        except RuntimeError:  # inference tensors (a model built under torch.inference_mode) keep no version
+            key = None  # nothing to key the cache on: rebuild every call
+        if key is not None and self._inference_cache is not None and self._inference_cache[0] == key:
             return self._inference_cache[1]
         k, di, K = self.num_dirs, self.d_inner, self.d_conv
         with torch.no_grad():
