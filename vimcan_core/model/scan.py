@@ -438,11 +438,13 @@ class _ChunkedScan(torch.autograd.Function):
         if kept is None and not starts:
             _, _, starts = _forward_chunks(d5, du5, A5, B5, C5, h05, plan, _Keep.STARTS, want_y=False)
         gy5 = gy.reshape(b, g, dg, 1, l) if gy is not None else u.new_zeros(b, g, dg, 1, l)
-        g_u = u.new_empty(b, g, dg, l)
-        g_delta = u.new_empty(b, g, dg, l)
+        single = bs == b and lc == l  # one piece: its gradients are the gradients
+        if not single:
+            g_u = u.new_empty(b, g, dg, l)
+            g_delta = u.new_empty(b, g, dg, l)
+            g_B = u.new_empty(b, g, n, l)
+            g_C = u.new_empty(b, g, n, l)
         g_A = A.new_zeros(g, dg, n)
-        g_B = u.new_empty(b, g, n, l)
-        g_C = u.new_empty(b, g, n, l)
         g_h0 = u.new_empty(b, g, dg, n) if h0 is not None else None
         chunk_starts = list(range(0, l, lc))
         n_chunks = len(chunk_starts)
@@ -476,19 +478,23 @@ class _ChunkedScan(torch.autograd.Function):
                 # chunk is G_t S_{t-1} (no cancellation); for the chunk's first step a_t0 gh_t0 h_prev
                 M = R
                 torch.mul(G[..., 1:], S[..., :-1], out=M[..., 1:])
-                a0 = torch.exp(dc[..., 0] * A5[..., 0])  # bs x g x dg x n, the first step's decay
                 gh = G.div_(E)  # the adjoint states
-                carry = a0.mul_(gh[..., 0])  # adjoint of the state entering the chunk: a_t0 gh_t0
+                if k > 0 or g_h0 is not None:  # adjoint of the state entering the chunk: a_t0 gh_t0
+                    carry = torch.exp(dc[..., 0] * A5[..., 0]).mul_(gh[..., 0])  # bs x g x dg x n
                 if h_prev is None:
                     M[..., 0].zero_()
                 else:
                     torch.mul(carry, h_prev, out=M[..., 0])
-                g_B[sl] = torch.mul(gh, duc, out=V).sum(2)  # bs x g x n x lc
+                gB_c = torch.mul(gh, duc, out=V).sum(2)  # bs x g x n x lc
                 g_du = torch.mul(gh, Bc, out=V).sum(3)  # bs x g x dg x lc
-                g_C[sl] = torch.mul(E, S, out=V).mul_(gyc).sum(2)  # bs x g x n x lc
-                g_delta[sl] = torch.matmul(A4, M).squeeze(3).addcmul_(g_du, uc.squeeze(3))
-                g_u[sl] = g_du.mul_(dc.squeeze(3))
+                gC_c = torch.mul(E, S, out=V).mul_(gyc).sum(2)  # bs x g x n x lc
+                gd_c = torch.matmul(A4, M).squeeze(3).addcmul_(g_du, uc.squeeze(3))  # bs x g x dg x lc
+                gu_c = g_du.mul_(dc.squeeze(3))
                 g_A += M.mul_(dc).sum((0, 4))
+                if single:
+                    g_B, g_C, g_delta, g_u = gB_c, gC_c, gd_c, gu_c
+                else:
+                    g_B[sl], g_C[sl], g_delta[sl], g_u[sl] = gB_c, gC_c, gd_c, gu_c
                 _SCRATCH.give(E, S, V)  # not R, gh: torch.flip allocated them, and a freed
                 # allocation is reused by the next flip, while a pooled one would force a fresh one
             if g_h0 is not None:
