@@ -47,10 +47,13 @@ class _InferenceWeights:
 
 
 @lru_cache(maxsize=64)
-def _sequence_offsets(rows: int, length: int, segments: tuple[int, ...] | None) -> scan_cpu.Sequences:
-    """Offsets of the sequences in ``rows`` x ``length`` tokens, each row cut into ``segments``
-    (None: one sequence per row); see ``scan_cpu.sequence_offsets``. Cached: built once per shape."""
-    return scan_cpu.sequence_offsets((segments or (length,)) * rows)
+def _sequence_offsets(rows: int, length: int, segments: tuple[int, ...] | None,
+                      order: tuple[int, ...] | None = None) -> scan_cpu.Sequences:
+    """The sequences in ``rows`` x ``length`` tokens: each row's tokens taken in ``order`` (None:
+    as they are) and cut into ``segments`` (None: one sequence); see ``scan_cpu.sequence_offsets``.
+    Cached: built once per shape."""
+    tokens = None if order is None else [r * length + j for r in range(rows) for j in order]
+    return scan_cpu.sequence_offsets((segments or (length,)) * rows, tokens)
 
 
 class SSMMixer(nn.Module):
@@ -166,23 +169,24 @@ class SSMMixer(nn.Module):
         self._inference_cache = (key, weights)
         return weights
 
-    def infer(self, x: Tensor, segments: tuple[int, ...] | None = None) -> Tensor:
+    def infer(self, x: Tensor, segments: tuple[int, ...] | None = None, order: tuple[int, ...] | None = None) -> Tensor:
         """``forward`` without autograd: Ns x L x C -> Ns x L x C, the same result (to rounding)
-        through the inference-only path when it can run, else ``forward`` itself. ``segments``
-        (lengths summing to L) cuts each row into sequences scanned separately, as ``forward``
-        run on each piece would."""
+        through the inference-only path when it can run, else ``forward`` itself. Each row's
+        tokens are scanned in ``order`` (a permutation of 0..L-1; None: as they are), cut into
+        ``segments`` (lengths summing to L) scanned separately, as ``forward`` run on each piece
+        of ``x[:, order]`` would; the output stays in token order."""
         if not self._fast_path_ok(x):
-            if segments is None:
-                return self.forward(x)
-            return torch.cat([self.forward(piece) for piece in x.split(segments, dim=1)], dim=1)
+            xo = x if order is None else x[:, list(order)]  # Ns x L x C, in scan order
+            y = torch.cat([self.forward(piece) for piece in xo.split(segments or (x.shape[1],), dim=1)], dim=1)
+            return y if order is None else y[:, torch.argsort(torch.tensor(order))]
         w = self._inference_weights()
         Ns, L, C = x.shape
         k, di = self.num_dirs, self.d_inner
-        offsets = _sequence_offsets(Ns, L, segments)  # the T = Ns L tokens cut into sequences
+        offsets = _sequence_offsets(Ns, L, segments, order)  # the T = Ns L tokens as sequences
         xz = F.linear(x, self.in_proj.weight).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
-        u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di
-        xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N)
-        y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A, w.D, xz[:, di:])  # T x Di
+        u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di, in scan order
+        xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N), in scan order
+        y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A, w.D, xz[:, di:])  # T x Di, token order
         return F.linear(y, self.out_proj.weight).view(Ns, L, C)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
@@ -290,10 +294,10 @@ class BiSTSSM(nn.Module):
         x = x + self.drop(self.mixer(self.norm1(x)))  # Ns x L x C
         return x + self.mlp(self.norm2(x))
 
-    def infer(self, x: Tensor, segments: tuple[int, ...] | None = None) -> Tensor:
-        """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``;
-        ``segments``: each row's sequences, scanned separately)."""
-        y = self.mixer.infer(_layer_norm(self.norm1, x), segments)  # Ns x L x C
+    def infer(self, x: Tensor, segments: tuple[int, ...] | None = None, order: tuple[int, ...] | None = None) -> Tensor:
+        """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``:
+        each row's tokens scanned in ``order``, as ``segments`` scanned separately)."""
+        y = self.mixer.infer(_layer_norm(self.norm1, x), segments, order)  # Ns x L x C
         x = x + (self.drop(y) if self.training else y)
         return x + self.mlp.infer(_layer_norm(self.norm2, x))
 
@@ -340,18 +344,16 @@ class STMamba(nn.Module):
         self.register_buffer("_inverse", torch.argsort(torch.tensor(group_order)), persistent=False)
         # inference: the segments one after the other, each scanned on its own (SSMMixer.infer)
         self._segment_lengths = tuple(len(s) for s in segments)
-        self.register_buffer("_scan_order", torch.tensor(order), persistent=False)
-        self.register_buffer("_scan_inverse", torch.argsort(torch.tensor(order)), persistent=False)
+        self._scan_order = tuple(order)
 
     def spatial_mix(self, x: Tensor, inference: bool = False) -> Tensor:
         """Spatial BiSTSSM over the tokens of each frame: Nf x J x C -> Nf x J x C
         (``inference``: through ``BiSTSSM.infer``, no autograd)."""
         Nf, J, C = x.shape
-        if inference:
+        if inference:  # the kernels read the tokens in scan order themselves: no gather / scatter
             if self.identity_order:
                 return self.spatial.infer(x)
-            y = self.spatial.infer(x[:, self._scan_order], self._segment_lengths)  # Nf x J x C, in scan order
-            return y[:, self._scan_inverse]  # back in joint order
+            return self.spatial.infer(x, self._segment_lengths, self._scan_order)
         if self.identity_order:
             return self.spatial(x)
         outs = []

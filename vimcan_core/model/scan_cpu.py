@@ -151,19 +151,20 @@ void vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* 
 
 #: inference only (no backward): the two ends of one ``SSMMixer``'s inference path, on
 #: channel-last tokens (T x d) cut into s sequences by offsets (sequence i is tokens
-#: seg[i] .. seg[i+1] - 1), in one or two directions; see ``conv_silu`` and ``gated_scan``
+#: seg[i] .. seg[i+1] - 1 in scan order; scan position p is row tok[p] of x, z and y, or row p
+#: when tok is NULL), in one or two directions; see ``conv_silu`` and ``gated_scan``
 _INFER_TEMPLATE = r"""
+#define ROW(p) (tok ? tok[p] : (p))
 /* Direction 0 is the causal conv, u_t = silu(b + sum_j w_j x_{t-(kw-1)+j}); direction 1 is the causal
    conv of the reversed sequence, u_t = silu(b + sum_j w_j x_{t+(kw-1)-j}). Tokens outside the sequence
    are zero, except that hist (k = 1 only) holds the kw - 1 tokens before its first (a stream's conv
    state). Loops run over channels innermost, so they vectorise. */
-void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const REAL* hist, const REAL* w,
+void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const long* tok, const REAL* hist, const REAL* w,
                     const REAL* bias, REAL* u, REAL* new_hist, long s, long k, long T, long d, long kw,
                     int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long si = 0; si < s; si++) {
         long t0 = seg[si], l = seg[si + 1] - seg[si];
-        const REAL* xs = x + t0 * x_row_stride;   /* this sequence's tokens */
         const REAL* hs = hist ? hist + si * d * (kw - 1) : 0;
         for (long dir = 0; dir < k; dir++)
             for (long t = 0; t < l; t++) {
@@ -176,7 +177,7 @@ void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const REA
                     const REAL* wj = w + (dir * kw + j) * d;   /* tap j of every channel */
                     if (pos >= l) continue;
                     if (pos >= 0) {
-                        const REAL* xp = xs + pos * x_row_stride;
+                        const REAL* xp = x + ROW(t0 + pos) * x_row_stride;
                         #pragma omp simd
                         for (long c = 0; c < d; c++) ut[c] += wj[c] * xp[c];
                     } else if (hs) {
@@ -191,14 +192,14 @@ void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const REA
             for (long c = 0; c < d; c++)
                 for (long j = 0; j < kw - 1; j++) {
                     long pos = l - (kw - 1) + j;
-                    new_hist[(si * d + c) * (kw - 1) + j] = pos >= 0 ? xs[pos * x_row_stride + c]
+                    new_hist[(si * d + c) * (kw - 1) + j] = pos >= 0 ? x[ROW(t0 + pos) * x_row_stride + c]
                         : hs ? hs[c * (kw - 1) + (kw - 1) + pos] : 0;
                 }
     }
 }
 
 void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REAL* dt_bias, const REAL* A,
-                     const REAL* D, const REAL* z, long z_row_stride, const long* seg, const REAL* h0,
+                     const REAL* D, const REAL* z, long z_row_stride, const long* seg, const long* tok, const REAL* h0,
                      REAL* hlast, REAL* y, long s, long k, long T, long d, long n, long r, int nthreads) {
     long m = r + 2 * n;  /* x_proj output per token: dt_low (r), B (n), C (n) */
     #pragma omp parallel num_threads(nthreads)
@@ -208,8 +209,8 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
         #pragma omp for schedule(static)
         for (long si = 0; si < s; si++) {
             long t0 = seg[si], l = seg[si + 1] - seg[si];
-            REAL* ys = y + t0 * d;   /* l x d, accumulates the directions */
-            for (long i = 0; i < l * d; i++) ys[i] = 0;
+            for (long t = 0; t < l; t++)   /* y accumulates the directions */
+                for (long c = 0; c < d; c++) y[ROW(t0 + t) * d + c] = 0;
             for (long dir = 0; dir < k; dir++) {
                 REAL* h = hlast ? hlast + si * d * n : scratch;   /* d x n, updated in place */
                 for (long i = 0; i < d * n; i++) h[i] = h0 ? h0[si * d * n + i] : 0;
@@ -238,13 +239,13 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
                             hc[q] = EXP(dt * Ac[q]) * hc[q] + du * Bq[q];
                             acc += hc[q] * Cq[q];
                         }
-                        ys[t * d + c] += acc + D[dir * d + c] * ut[c];
+                        y[ROW(t0 + t) * d + c] += acc + D[dir * d + c] * ut[c];
                     }
                 }
             }
             for (long t = 0; t < l; t++) {   /* gate: y * silu(z) */
-                const REAL* zt = z + (t0 + t) * z_row_stride;
-                REAL* yt = ys + t * d;
+                const REAL* zt = z + ROW(t0 + t) * z_row_stride;
+                REAL* yt = y + ROW(t0 + t) * d;
                 #pragma omp simd
                 for (long c = 0; c < d; c++) yt[c] *= zt[c] / (1 + EXP(-zt[c]));
             }
@@ -331,8 +332,8 @@ def load_kernel() -> ctypes.CDLL | None:
     for suf in ("f32", "f64"):
         getattr(lib, f"vscan_fwd_{suf}").argtypes = [p] * 8 + [i64] * 5 + [i32]
         getattr(lib, f"vscan_bwd_{suf}").argtypes = [p] * 14 + [i64] * 5 + [i32]
-        getattr(lib, f"vconv_silu_{suf}").argtypes = [p, i64] + [p] * 6 + [i64] * 5 + [i32]
-        getattr(lib, f"vgated_scan_{suf}").argtypes = [p] * 7 + [i64] + [p] * 4 + [i64] * 6 + [i32]
+        getattr(lib, f"vconv_silu_{suf}").argtypes = [p, i64] + [p] * 7 + [i64] * 5 + [i32]
+        getattr(lib, f"vgated_scan_{suf}").argtypes = [p] * 7 + [i64] + [p] * 5 + [i64] * 6 + [i32]
     return lib
 
 
@@ -414,8 +415,9 @@ def _kernel() -> ctypes.CDLL:
 class Sequences:
     """T tokens cut into s sequences, as the inference kernels take them (``sequence_offsets``)."""
 
-    offsets: Tensor  # s + 1 int64 on the CPU: sequence i is tokens offsets[i] .. offsets[i+1] - 1
+    offsets: Tensor  # s + 1 int64 on the CPU: sequence i is scan positions offsets[i] .. offsets[i+1] - 1
     num_tokens: int  # T
+    order: Tensor | None = None  # T int64: scan position p is token (row) order[p]; None: p itself
 
     @property
     def count(self) -> int:
@@ -427,12 +429,16 @@ class Sequences:
         return list(zip(o[:-1], o[1:]))
 
 
-def sequence_offsets(lengths: tuple[int, ...] | list[int]) -> Sequences:
-    """Sequences of these lengths, one after the other. Build it once per shape and reuse it."""
+def sequence_offsets(lengths: tuple[int, ...] | list[int], order: tuple[int, ...] | list[int] | None = None) -> Sequences:
+    """Sequences of these lengths, one after the other, over the tokens taken in ``order`` (a
+    permutation of 0 .. T - 1; None: as they are). Build it once per shape and reuse it."""
     if not lengths or any(int(l) < 1 for l in lengths):
         raise ValueError(f"sequence lengths must be at least 1, got {lengths}")
     offsets = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
-    return Sequences(offsets, int(offsets[-1]))
+    T = int(offsets[-1])
+    if order is not None and sorted(order) != list(range(T)):
+        raise ValueError(f"token order must be a permutation of 0 .. {T - 1}, got {order}")
+    return Sequences(offsets, T, None if order is None else torch.tensor(order, dtype=torch.int64))
 
 
 def _check_sequences(seqs: Sequences, T: int) -> int:
@@ -448,11 +454,12 @@ def conv_silu(x: Tensor, offsets: Sequences, weight: Tensor, bias: Tensor, k: in
     directions, in one kernel call (``conv_silu_ref`` is the same in PyTorch).
 
     x T x d: channel-last tokens (rows may be strided, e.g. a slice of in_proj's output), cut
-    into s sequences by ``offsets`` (``sequence_offsets``: sequence i is tokens o[i] .. o[i+1] - 1);
+    into s sequences by ``offsets`` (``sequence_offsets``: sequence i is scan positions o[i] ..
+    o[i+1] - 1, position p being token ``offsets.order[p]``);
     weight k x kw x d (tap-major: ``conv_weight.view(k, d, kw).transpose(1, 2)``), bias k*d. Direction 0 is the causal conv (each token and the kw - 1 before
     it), direction 1 the causal conv of the reversed sequence (each token and the kw - 1 after
     it), zero padded at the sequence ends. ``hist`` s x d x (kw - 1) (k = 1 only): the tokens
-    before each sequence, oldest first (a stream's conv state). Returns u k x T x d and, with
+    before each sequence, oldest first (a stream's conv state). Returns u k x T x d (in scan order) and, with
     ``want_hist``, each sequence's last kw - 1 tokens s x d x (kw - 1) (the next ``hist``), else None.
     """
     lib = _kernel()
@@ -467,7 +474,7 @@ def conv_silu(x: Tensor, offsets: Sequences, weight: Tensor, bias: Tensor, k: in
     u = x.new_empty(k, T, d)
     new_hist = x.new_empty(s, d, kw - 1) if want_hist else None
     getattr(lib, "vconv_silu_f32" if x.dtype == torch.float32 else "vconv_silu_f64")(
-        _ptr(x), x_row_stride, _ptr(offsets.offsets), _ptr(hist), _ptr(weight), _ptr(bias), _ptr(u), _ptr(new_hist),
+        _ptr(x), x_row_stride, _ptr(offsets.offsets), _ptr(offsets.order), _ptr(hist), _ptr(weight), _ptr(bias), _ptr(u), _ptr(new_hist),
         s, k, T, d, kw, torch.get_num_threads(),
     )
     return u, new_hist
@@ -480,6 +487,8 @@ def conv_silu_ref(x: Tensor, offsets: Sequences, weight: Tensor, bias: Tensor, k
     T, d = x.shape
     kw = weight.shape[1]
     weight = weight.transpose(1, 2)  # k x d x kw, as conv1d takes it
+    if offsets.order is not None:
+        x = x[offsets.order]  # T x d, in scan order
     us, hists = [], []
     for i, (t0, t1) in enumerate(offsets.bounds()):
         seq = x[t0:t1].t()[None]  # 1 x d x l
@@ -506,14 +515,14 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, d
     PyTorch). Channel-last shapes (T tokens cut into s sequences by ``offsets`` as in ``conv_silu``,
     d channels, n states, r = dt rank)::
 
-        u:    k x T x d            conv + SiLU output of each direction (direction 1 runs backwards)
-        xdbl: k x T x (r+2n)       x_proj output: dt_low, B, C
+        u:    k x T x d            conv + SiLU output of each direction, in scan order (direction 1 runs backwards)
+        xdbl: k x T x (r+2n)       x_proj output: dt_low, B, C, in scan order
         dt_proj_t k x r x d (dt_proj_weight transposed), dt_bias k*d, A k*d x n (= -exp(A_log)), D k*d
-        z:    T x d                the gate (rows may be strided: a slice of in_proj's output)
+        z:    T x d                the gate, in token order (rows may be strided: a slice of in_proj's output)
         h0:   s x d x n or None    initial states (k = 1 only); want_last: return the last states
 
     delta = softplus(dt_low @ dt_proj_t + dt_bias); h_t = exp(delta_t A) h_{t-1} + delta_t
-    B_t u_t; returns y = (sum over directions of C_t . h_t + D u_t) * silu(z), T x d, and the
+    B_t u_t; returns y = (sum over directions of C_t . h_t + D u_t) * silu(z), T x d in token order, and the
     last states s x d x n (k = 1 and want_last) or None.
     """
     lib = _kernel()
@@ -532,7 +541,7 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, d
     last = u.new_empty(s, d, n) if want_last else None
     getattr(lib, "vgated_scan_f32" if u.dtype == torch.float32 else "vgated_scan_f64")(
         _ptr(u), _ptr(xdbl), _ptr(dt_proj_t), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(z), z_row_stride,
-        _ptr(offsets.offsets), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
+        _ptr(offsets.offsets), _ptr(offsets.order), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
     )
     return y, last
 
@@ -545,7 +554,9 @@ def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tenso
     dt_low, B, C = xdbl.split((r, n, n), dim=-1)  # k x T x r, k x T x n, k x T x n
     delta = torch.nn.functional.softplus(torch.bmm(dt_low, dt_proj_t) + dt_bias.view(k, 1, d))  # k x T x d
     A, D = A.view(k, d, n), D.view(k, d)
-    y = u.new_zeros(T, d)
+    if offsets.order is not None:
+        z = z[offsets.order]  # T x d, in scan order
+    y = u.new_zeros(T, d)  # in scan order
     lasts = []
     for i, (t0, t1) in enumerate(offsets.bounds()):
         for dir in range(k):
@@ -555,4 +566,6 @@ def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tenso
                 y[t] += (h * C[dir, t]).sum(-1) + D[dir] * u[dir, t]
         lasts.append(h)
     y = y * torch.nn.functional.silu(z)
+    if offsets.order is not None:
+        y = torch.empty_like(y).index_copy_(0, offsets.order, y)  # back to token order
     return y, (torch.stack(lasts) if want_last else None)
