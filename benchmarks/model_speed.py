@@ -265,6 +265,10 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+#: the parts of the benchmark, in the order they run
+SECTIONS = ("scan", "models", "streaming")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="all", choices=("cpu", "cuda", "all"))
@@ -274,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-attention-gb", type=float, default=4.0,
                    help="skip transformer memory points whose T x T attention would exceed this")
     p.add_argument("--streaming-frames", type=int, default=200)
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                   help="run only these parts; the others are kept from the previous results file")
     p.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "T", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -294,12 +300,20 @@ def main(argv: list[str] | None = None) -> int:
         },
         "devices": {},
     }
+    previous_path = args.out / "model_speed.json"
+    previous = json.loads(previous_path.read_text()).get("devices", {}) if previous_path.is_file() else {}
+    runners = {
+        "scan": lambda device: bench_scan(device, args.quick),
+        "models": lambda device: bench_models(device, args.quick, args.max_attention_gb),
+        "streaming": lambda device: bench_streaming(device, args.streaming_frames),
+    }
     for device in devices:
-        result["devices"][device.type] = {
-            "scan": bench_scan(device, args.quick),
-            "models": bench_models(device, args.quick, args.max_attention_gb),
-            "streaming": bench_streaming(device, args.streaming_frames),
-        }
+        row = dict(previous.get(device.type, {}))  # parts not run now keep their last figures
+        for section in SECTIONS:
+            if section in args.only:
+                row[section] = runners[section](device)
+        result["devices"][device.type] = row
+    result["machine"]["sections_run_now"] = list(args.only)
     result["machine"]["load_average_at_end"] = os.getloadavg()
     result["checks"] = checks(result)
     args.out.mkdir(parents=True, exist_ok=True)
