@@ -3,9 +3,8 @@ and what the settings remember, on a running capture pipeline with simulated IMU
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from polling import wait_until
 
 from app.live import add_device, assign_sites, device_settings, remove_device, spec_of
 from app.settings import StudioSettings
@@ -14,15 +13,6 @@ from sensors.pipeline import CapturePipeline
 from sensors.recording import RawOnlyPoseSource
 from vimcan_core.errors import DeviceError
 from vimcan_core.skeleton import ImuSite
-
-
-def wait_for(predicate, timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture
@@ -38,10 +28,10 @@ def test_add_imus_at_sites_while_the_pipeline_runs(pipeline) -> None:
     first = add_device(pipeline, "sim:left_forearm")  # no site chosen: the first free one
     assert pipeline.imus == {ImuSite.HEAD: head, ImuSite.LEFT_FOREARM: first}
     assert spec_of(head) == "sim:head"
-    assert wait_for(lambda: head.state == DeviceState.STREAMING and first.state == DeviceState.STREAMING)
+    assert wait_until(lambda: head.state == DeviceState.STREAMING and first.state == DeviceState.STREAMING)
     # the pipeline pairs the new IMUs: frames show them present
     q = pipeline.subscribe(4)
-    assert wait_for(lambda: not q.empty() and q.get_nowait()[0].imu_present[[ImuSite.HEAD, ImuSite.LEFT_FOREARM]].all())
+    assert wait_until(lambda: not q.empty() and q.get_nowait()[0].imu_present[[ImuSite.HEAD, ImuSite.LEFT_FOREARM]].all())
     with pytest.raises(DeviceError, match="head site has sim:head already"):
         add_device(pipeline, "sim:right_forearm", ImuSite.HEAD)
     with pytest.raises(DeviceError, match="connected already"):
@@ -83,11 +73,11 @@ def test_the_camera_joins_and_leaves_a_running_pipeline(pipeline, shared_data) -
     imu = add_device(pipeline, "sim:head", ImuSite.HEAD)
     camera = add_device(pipeline, f"camera:{video}?loop=1&width=180&height=320")
     assert pipeline.camera is camera and camera.running
-    assert wait_for(lambda: pipeline.stats().frames_in >= 3, timeout_s=20.0), "the pipeline reads the new camera"
+    assert wait_until(lambda: pipeline.stats().frames_in >= 3, timeout_s=20.0), "the pipeline reads the new camera"
     with pytest.raises(DeviceError, match="has a camera already"):
         add_device(pipeline, "camera:1")  # a second webcam
     remove_device(pipeline, camera)  # restarts the pipeline thread without it
     assert pipeline.camera is None and pipeline.running and not camera.running
     poses = pipeline.stats().poses
-    assert wait_for(lambda: pipeline.stats().poses > poses + 3), "poses go on from the IMUs alone"
+    assert wait_until(lambda: pipeline.stats().poses > poses + 3), "poses go on from the IMUs alone"
     assert imu.running
