@@ -49,6 +49,7 @@ from sensors.device import Device, DeviceKind, DeviceState
 from sensors.samples import ImuSample, KeypointFrame
 from vimcan_core.calibration import (
     HEADING_POSE_INSTRUCTIONS,
+    HeadingMethod,
     Calibration,
     CalibrationConfig,
     ImuWorldUp,
@@ -574,7 +575,11 @@ class CapturePage(_Page):
         window = (quats, acc, times, frames)
         if self.phase == Phase.CAPTURE_TPOSE:
             self._windows["tpose"] = window
-            self._start(Phase.COUNTDOWN_HEADING)
+            self._windows.pop("heading", None)
+            if cfg.calibration.heading is HeadingMethod.SENSOR_FORWARD:
+                self._compute()  # this method takes each sensor's heading from the T-pose alone
+            else:
+                self._start(Phase.COUNTDOWN_HEADING)
         else:
             self._windows["heading"] = window
             self._compute()
@@ -582,7 +587,7 @@ class CapturePage(_Page):
     def _compute(self) -> None:
         self.attempts += 1
         q_t, acc_t, times_t, frames_t = self._windows["tpose"]
-        q_h, _, _, frames_h = self._windows["heading"]
+        q_h, _, _, frames_h = self._windows.get("heading", (None, None, None, []))
         if not frames_t:
             self._failed("no camera frames arrived during the T-pose; check the camera")
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from app.calibration_wizard import (  # noqa: E402
     skeleton_from_sites,
 )
 from sensors.simulated import SimCameraConfig, SimImuConfig, SimulatedCamera, SimulatedImu  # noqa: E402
-from vimcan_core.calibration import Calibration, heading_pose_local_quats  # noqa: E402
+from vimcan_core.calibration import Calibration, HeadingMethod, heading_pose_local_quats  # noqa: E402
 from vimcan_core.calibration_profile import (  # noqa: E402
     ENV_CONFIG_DIR,
     CalibrationProfile,
@@ -37,7 +38,7 @@ from vimcan_core.calibration_profile import (  # noqa: E402
 )
 from vimcan_core.camera import PinholeCamera  # noqa: E402
 from vimcan_core.kinematics import forward_kinematics  # noqa: E402
-from vimcan_core.performer import Motion, Performer  # noqa: E402
+from vimcan_core.performer import Motion, Performer, PerformerPrompt  # noqa: E402
 from vimcan_core.rotations import quat_angle, quat_conj, quat_mul, random_quat  # noqa: E402
 from vimcan_core.skeleton import IMU_JOINT, IMU_SITE_NAMES, NUM_IMUS, NUM_JOINTS, ImuSite, default_rest_pose  # noqa: E402
 
@@ -288,3 +289,43 @@ def test_devices_the_wizard_started_are_stopped_when_it_closes(qtbot, config_dir
         assert not any(d.running for d in rig.devices)
     finally:
         rig.stop()
+
+
+def test_sensor_forward_method_skips_the_heading_pose(qtbot, config_dir: Path) -> None:
+    """With ``HeadingMethod.SENSOR_FORWARD`` the T-pose alone calibrates: the wizard never asks for the
+    heading pose, and sensors mounted without yaw (here: exactly along their bones) come out right."""
+    from sensors.pipeline import CapturePipeline
+    from sensors.recording import RawOnlyPoseSource
+
+    rig = SimRig(seed=7)
+    performer = rig.performer
+    rig.imus = [SimulatedImu(f"imu-{int(s)}", performer, s, SimImuConfig(world_heading_deg=30.0 * int(s), seed=70 + int(s)))
+                for s in ImuSite]
+    rig.devices = [*rig.imus, rig.cam]
+    config = replace(FAST, calibration=replace(FAST.calibration, heading=HeadingMethod.SENSOR_FORWARD))
+    pipeline = CapturePipeline({d.site: d for d in rig.imus}, rig.cam, RawOnlyPoseSource())
+    wizard = CalibrationWizard(pipeline, rig.camera, config=config)
+    qtbot.addWidget(wizard)
+    wizard.show()
+    prompts: list = []
+    wizard.prompted.connect(lambda prompt, site: prompts.append(prompt))
+    try:
+        wizard.next()  # devices -> sites (given by the pipeline)
+        assert wizard.currentPage().isComplete()
+        wizard.next()  # sites -> camera
+        performer.hold(Motion.T_POSE)
+        qtbot.waitUntil(lambda: wizard.currentPage().isComplete(), timeout=5000)
+        wizard.next()
+        page = wizard.currentPage()
+        assert isinstance(page, CapturePage)
+        phases: list[Phase] = []
+        start = page._start
+        page._start = lambda phase, message="": (phases.append(phase), start(phase, message))[1]
+        qtbot.waitUntil(lambda: page.phase in (Phase.DONE, Phase.FAILED), timeout=30000)
+        assert page.phase == Phase.DONE, page.status.text()
+    finally:
+        rig.stop()
+    assert Phase.COUNTDOWN_HEADING not in phases and Phase.CAPTURE_HEADING not in phases, phases
+    assert PerformerPrompt.HEADING_POSE not in prompts, prompts
+    err = np.degrees(quat_angle(wizard.calibration.q_bone_from_sensor, np.tile([1.0, 0, 0, 0], (NUM_IMUS, 1))))
+    assert err.max() < 2.0, f"mounting errors {np.round(err, 2)} deg"
