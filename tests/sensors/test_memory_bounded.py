@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from typing import Sequence
 
 import numpy as np
+from replay_imu import ReplayImu
 
-from sensors.device import Device, DeviceConfig
+from sensors.device import DeviceConfig
 from sensors.samples import ImuSample, KeypointFrame
 from sensors.sync import SyncConfig, Synchronizer
 from vimcan_core.skeleton import ImuSite
@@ -24,18 +24,6 @@ IMU_HZ = 60.0
 CAMERA_HZ = 30.0
 BUFFER_CAPACITY = 256  # samples per device: full after about 4 s of stream
 
-
-class ReplayImu(Device):
-    """Samples are handed in by the test through the base class's delivery path; no thread."""
-
-    def _connect(self) -> None:
-        pass
-
-    def _poll(self) -> Sequence[ImuSample]:
-        return []
-
-    def _disconnect(self) -> None:
-        pass
 
 
 def stream(devices: dict[ImuSite, ReplayImu], sync: Synchronizer, first_frame: int, frames: int) -> None:

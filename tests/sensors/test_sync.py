@@ -7,12 +7,12 @@ so slerp between two samples is exact and any error comes from the timing.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 import pytest
+from replay_imu import ReplayImu
 
-from sensors.device import Device, DeviceConfig
+from sensors.device import DeviceConfig
 from sensors.samples import ImuSample, KeypointFrame
 from sensors.sync import SyncConfig, Synchronizer, imu_arrays, pair_track, sample_times_offline, sync_offline
 from vimcan_core.errors import InputShapeError
@@ -23,18 +23,6 @@ OMEGA_RPS = 3.0  # rad/s
 LATENCY_S = 0.004
 T0 = 1000.0  # host clock at the start of the recording
 
-
-class ReplayImu(Device):
-    """Stands in for the hardware: samples are handed to the base class's delivery path."""
-
-    def _connect(self) -> None:
-        pass
-
-    def _poll(self) -> Sequence[ImuSample]:
-        return []
-
-    def _disconnect(self) -> None:
-        pass
 
 
 def motion(site: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
