@@ -142,7 +142,7 @@ def build_hardware_pipeline(settings: StudioSettings):
             if device_id is not None and device_id in by_id:
                 imus[ImuSite(i)] = by_id[device_id]
     if not imus and devices:  # no profile for these sensors: the sites remembered with them, else their order
-        named = [site_named(n) for n in settings.sites] if len(settings.sites) == len(settings.devices) else []
+        named = [ImuSite.from_name(n) for n in settings.sites] if len(settings.sites) == len(settings.devices) else []
         if named and all(s is not None for s in named) and len(set(named)) == len(named):
             imus = {site: d for site, d in zip(named, devices)}
         else:
@@ -163,16 +163,6 @@ def build_hardware_pipeline(settings: StudioSettings):
     if not imus and camera is None:
         log.info("no devices yet: add the IMUs and the camera in the Devices panel (spec and site, then Add)")
     return CapturePipeline(imus, camera, source)
-
-
-def site_named(name: str):
-    """``ImuSite`` from its name ("left_forearm", "left forearm"), or None."""
-    from vimcan_core.skeleton import ImuSite
-
-    try:
-        return ImuSite[name.strip().upper().replace(" ", "_")]
-    except KeyError:
-        return None
 
 
 # ----------------------------------------------------------------------------- devices at run time

@@ -230,11 +230,10 @@ def _sim(spec: DeviceSpec, device_id: str | None, config: DeviceConfig | None) -
     from vimcan_core.skeleton import ImuSite
 
     site_name = (spec.address or "pelvis").strip().lower()
-    try:
-        site = ImuSite[site_name.upper()]
-    except KeyError:
+    site = ImuSite.from_name(site_name)
+    if site is None:
         raise DeviceError(f"device spec {spec.text!r}: unknown IMU site {site_name!r}; sites are "
-                          f"{', '.join(s.name.lower() for s in ImuSite)}") from None
+                          f"{', '.join(s.name.lower() for s in ImuSite)}")
     seed = spec.int_option("seed", 0) or 0
     kwargs = dict(rate_hz=spec.float_option("rate", 60.0), drop_rate=spec.float_option("drop", 0.0),
                   jitter_s=spec.float_option("jitter", 0.0), orientation_noise_deg=spec.float_option("noise", 0.0),

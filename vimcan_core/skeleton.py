@@ -107,6 +107,11 @@ class ImuSite(IntEnum):
     HEAD = 4
     PELVIS = 5
 
+    @classmethod
+    def from_name(cls, name: str) -> "ImuSite | None":
+        """The site a user's name means ("left_forearm", "Left forearm", "PELVIS"), or None."""
+        return cls.__members__.get(name.strip().upper().replace(" ", "_"))
+
 
 NUM_IMUS = 6
 IMU_SITE_NAMES: tuple[str, ...] = tuple(s.name.lower() for s in ImuSite)
