@@ -2,9 +2,9 @@
 
 ``--demo`` runs the simulated performer and sensors through the real pipeline; ``--live`` the real
 drivers of the settings (or none yet: the devices panel adds them by spec). Without a display
-(or with ``--headless``) the same demo runs under a virtual X server (Xvfb, started here through
-pyvirtualdisplay) for ``--seconds``, records a take, saves a screenshot of the window and prints
-where both are.
+(or with ``--headless``) the demo, or with ``--live`` the real devices, runs under a virtual X
+server (Xvfb, started here through pyvirtualdisplay) for ``--seconds``, records a take, saves a
+screenshot of the window and prints where both are.
 """
 
 from __future__ import annotations
@@ -114,13 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     headless = args.headless or not display_available()
     display = None
     if headless:
+        what = "live capture" if args.live else "the demo"
         if not args.headless:
-            print("vimcan-studio: no display found ($DISPLAY is empty): running the demo headless under Xvfb "
+            print(f"vimcan-studio: no display found ($DISPLAY is empty): running {what} headless under Xvfb "
                   f"for {args.seconds:.0f} s.", flush=True)
         else:
-            print(f"vimcan-studio: headless run under Xvfb for {args.seconds:.0f} s.", flush=True)
+            print(f"vimcan-studio: headless run of {what} under Xvfb for {args.seconds:.0f} s.", flush=True)
         display = _start_virtual_display()
-        args.demo = True
+        args.demo = not args.live  # --live stays on the real devices, headless or not
     try:
         return _run(args, headless)
     finally:
@@ -219,7 +220,8 @@ def _run_headless(qapp, window, args: argparse.Namespace) -> int:
     window.deleteLater()
     qapp.processEvents()
     qapp.shutdown()  # release the X connection before the virtual display goes away
-    print(f"vimcan-studio: ran the demo for {args.seconds:.0f} s ({result.get('frames', 0)} poses shown).")
+    what = "the demo" if args.demo else "live capture"
+    print(f"vimcan-studio: ran {what} for {args.seconds:.0f} s ({result.get('frames', 0)} poses shown).")
     print(f"  screenshot: {result.get('screenshot')}")
     print(f"  take:       {result.get('take')}")
     return 0 if result.get("take") and result.get("screenshot") else 1
