@@ -141,9 +141,8 @@ class SSMMixer(nn.Module):
     # --- inference-only path -----------------------------------------------------------------
     def _fast_path_ok(self, x: Tensor) -> bool:
         """True when ``infer`` / ``step`` can take the inference-only kernel path for ``x``."""
-        return (self.fast_inference and not torch.is_grad_enabled() and x.device.type == "cpu"
-                and x.dtype == self.A_log.dtype and x.dtype in (torch.float32, torch.float64)
-                and self.d_state <= scan_cpu.MAX_STATE and scan_cpu.load_kernel() is not None)
+        return (self.fast_inference and not torch.is_grad_enabled() and x.dtype == self.A_log.dtype
+                and scan_cpu.kernel_supports(x.device, x.dtype, self.d_state))
 
     def _inference_weights(self) -> _InferenceWeights:
         """The derived weights, rebuilt when any parameter they come from has changed: an optimizer

@@ -130,8 +130,7 @@ def resolve_backend(backend: ScanBackend, device: torch.device, needs_initial_st
         return backend
     if backend is ScanBackend.AUTO:
         use_cuda = device.type == "cuda" and not needs_initial_state and _mamba_ssm_fn() is not None
-        use_kernel = (device.type == "cpu" and dtype in (torch.float32, torch.float64)
-                      and d_state <= scan_cpu.MAX_STATE and scan_cpu.load_kernel() is not None)
+        use_kernel = scan_cpu.kernel_supports(device, dtype, d_state)
         chosen = ScanBackend.CUDA if use_cuda else ScanBackend.CPU_KERNEL if use_kernel else ScanBackend.CHUNKED
         key = f"{device.type}:{chosen.value}"
         if key not in _logged_choice:

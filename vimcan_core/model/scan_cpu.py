@@ -337,9 +337,10 @@ def load_kernel() -> ctypes.CDLL | None:
     return lib
 
 
-def kernel_supports(u: Tensor, n: int) -> bool:
-    """True when the kernel can run these tensors (CPU, float32/64, state size <= MAX_STATE)."""
-    return (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and n <= MAX_STATE
+def kernel_supports(device: torch.device, dtype: torch.dtype, n: int) -> bool:
+    """True when the kernels can run tensors of this device and dtype with ``n`` states
+    (CPU, float32/64, n <= MAX_STATE) and they built."""
+    return (device.type == "cpu" and dtype in (torch.float32, torch.float64) and n <= MAX_STATE
             and load_kernel() is not None)
 
 
