@@ -79,21 +79,48 @@ def badge_colour(status: InferenceStatus) -> tuple[int, int, int]:
     return OK_RGB if status.is_model else WARN_RGB
 
 
+class WrappingLabel(QtWidgets.QLabel):
+    """A word-wrapped label that keeps the height of all its lines.
+
+    Qt's layouts honour a wrapped label's height-for-width only up to a top-level window; inside a
+    dock (the Inference panel) the dock hands out height from the label's one-line size hint, and a
+    long text (five IMUs missing, plus the model's own words) was cut to one line. This label sets its
+    minimum height to the height its text needs at its current width, whenever the text or the
+    width changes, so the dock has to make room (taking it from the Devices table above)."""
+
+    def __init__(self, text: str = "", parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        if text != self.text():
+            super().setText(text)
+            self._fit_height()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            self._fit_height()
+
+    def _fit_height(self) -> None:
+        needed_px = self.heightForWidth(max(1, self.width()))
+        if needed_px > 0 and needed_px != self.minimumHeight():
+            self.setMinimumHeight(needed_px)
+
+
 class StatusPanel(QtWidgets.QWidget):
     """A compact panel: the pose-source badge on top, then a small table of numbers."""
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
-        self.source_label = QtWidgets.QLabel("waiting for poses…")
+        self.source_label = WrappingLabel("waiting for poses…")  # long when frozen: the reason is in it
         self.source_label.setObjectName("poseSourceLabel")
-        self.source_label.setWordWrap(True)
         self._values: dict[str, QtWidgets.QLabel] = {}
         form = QtWidgets.QFormLayout()
         form.setHorizontalSpacing(14)
         for key, title in (("model", "Model"), ("backend", "Backend"), ("rate", "Poses / s"), ("latency", "Latency"),
                            ("dropped", "Dropped frames"), ("inputs", "Inputs")):
-            label = QtWidgets.QLabel("–")
-            label.setWordWrap(True)
+            label = WrappingLabel("–")
             self._values[key] = label
             form.addRow(title, label)
         layout = QtWidgets.QVBoxLayout(self)

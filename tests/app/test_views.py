@@ -596,3 +596,38 @@ def test_discovery_runs_in_a_worker_and_found_sensors_are_kept_for_the_next_star
     window.devices_panel.use_button.click()
     assert load_settings(open_qsettings(ini)).devices == ("witmotion:/dev/ttyUSB0@115200",)
     window.close()
+
+
+def test_inputs_line_with_several_missing_imus_is_not_clipped(qtbot, tmp_path):
+    """The Inference dock of a window of the headless run's size: with five IMUs missing (and the
+    model's own words appended) the Inputs line wraps over several lines and the label gets the
+    height of all of them (a dock does not ask its contents for height-for-width: the label must)."""
+    from app.main_window import MainWindow, StudioOptions
+    from app.panels.status_panel import InferenceStatus, InputHealth
+    from app.settings import StudioSettings, open_qsettings
+
+    window = MainWindow(StudioOptions(), StudioSettings(takes_dir=str(tmp_path), pose_source=GT),
+                        open_qsettings(tmp_path / "s.ini"))  # not started: no timer overwrites the status
+    qtbot.addWidget(window)
+    window.resize(1500, 920)
+    window.show()
+    qtbot.waitExposed(window)
+    detail = ("IMU missing: left forearm, right forearm, left lower leg, right lower leg, head "
+              "(not calibrated: running on the camera alone)")
+    window.status_panel.show_status(InferenceStatus(source="VIMCAN-T streaming", is_model=True, health=InputHealth.DEGRADED,
+                                                    health_detail=detail, confidence=0.45))
+    label = window.status_panel._values["inputs"]
+
+    def shown_px() -> tuple[int, int]:
+        """(height of the label left visible by its dock and neighbours, height its text needs)."""
+        return label.visibleRegion().boundingRect().height(), label.heightForWidth(label.width())
+
+    try:
+        qtbot.waitUntil(lambda: shown_px()[0] >= shown_px()[1], timeout=3000)
+    except qtbot.TimeoutError:
+        pass  # reported with the numbers below
+    visible_px, needed_px = shown_px()
+    assert needed_px >= 2 * label.fontMetrics().lineSpacing(), "the text should need more than one line here"
+    assert visible_px >= needed_px, f"the Inputs line shows {visible_px} px of the {needed_px} px its text needs"
+    assert label.text().startswith(detail) and "0.45" in label.text()
+    window.close()
