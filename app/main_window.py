@@ -36,6 +36,8 @@ PANEL_REFRESH_MS = 250
 PLOT_REFRESH_MS = 100
 ICONS = Path(__file__).resolve().parents[1] / "resources" / "icons"
 FROZEN_AFTER_S = 1.0  # no pose for this long -> the pose is frozen and the reason shown
+#: why the demo refuses to add or remove devices (the devices panel's hint and its message after Add)
+DEMO_RIG_FIXED = "the demo's simulated rig is fixed: start the studio with --live to add real devices"
 
 
 class ViewMode(Enum):
@@ -98,7 +100,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.devices_panel.add_requested.connect(self.add_device)
         self.devices_panel.remove_requested.connect(lambda devices: [self.remove_device(d) for d in devices])
         if options.demo:
-            self.devices_panel.set_adding_enabled(False, "the demo's simulated rig is fixed: start with --live to add devices")
+            self.devices_panel.set_adding_enabled(False, DEMO_RIG_FIXED)
         self.status_panel = StatusPanel()
         self.record_panel = RecordPanel(self._make_recorder())
         self.record_panel.countdown_spin.setValue(self.settings.record_countdown_s)
@@ -286,8 +288,7 @@ class MainWindow(QtWidgets.QMainWindow):
         from sensors.device import DeviceKind
 
         if self.options.demo:
-            self.devices_panel.show_message("the demo's simulated rig is fixed: start the studio with --live "
-                                            "to add real devices", error=True)
+            self.devices_panel.show_message(DEMO_RIG_FIXED, error=True)
             return None
         if self.record_panel.state.value != "idle":
             self.devices_panel.show_message("stop the recording before changing the devices", error=True)

@@ -631,3 +631,25 @@ def test_inputs_line_with_several_missing_imus_is_not_clipped(qtbot, tmp_path):
     assert visible_px >= needed_px, f"the Inputs line shows {visible_px} px of the {needed_px} px its text needs"
     assert label.text().startswith(detail) and "0.45" in label.text()
     window.close()
+
+
+def test_the_demo_refuses_new_devices_with_one_message(qtbot, tmp_path):
+    """The demo's rig is fixed: the devices panel's hint and the message after an add (from the panel
+    or through the window) are the same words, saying how to use real devices."""
+    from app.main_window import DEMO_RIG_FIXED, MainWindow, StudioOptions
+    from app.settings import StudioSettings, open_qsettings
+
+    window = MainWindow(StudioOptions(demo=True), StudioSettings(takes_dir=str(tmp_path), pose_source=GT),
+                        open_qsettings(tmp_path / "s.ini"))
+    qtbot.addWidget(window)
+    panel = window.devices_panel
+    devices = list(window.pipeline.devices())
+    assert "--live" in DEMO_RIG_FIXED and "real devices" in DEMO_RIG_FIXED
+    assert not panel.add_button.isEnabled() and panel.spec_edit.placeholderText() == DEMO_RIG_FIXED
+    assert window.add_device("sim:head") is None
+    assert DEMO_RIG_FIXED in panel.message_label.text()
+    panel.message_label.clear()
+    panel.request_add("witmotion:/dev/ttyUSB0")  # what the Add button sends
+    assert DEMO_RIG_FIXED in panel.message_label.text()
+    assert list(window.pipeline.devices()) == devices
+    window.close()
