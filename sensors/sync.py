@@ -304,10 +304,6 @@ class Synchronizer:
         track.pull(device)
         return track
 
-    def sample_times(self, device: Device) -> np.ndarray:
-        """Host-clock instants of the device's recent samples (pulls new ones first)."""
-        return self._track(device).times(device, self.config.use_device_clock)
-
     def imus_ready(self, imus: Mapping[ImuSite, Device], time_s: float) -> bool:
         """True when every live IMU (one with a sample within the staleness limit) has a
         sample after ``time_s`` (or within ``snap_s`` before it, which is used alone), so
