@@ -339,9 +339,9 @@ def test_inference_kernels_match_their_references(lengths, k, state, dtype) -> N
         assert torch.equal(h, h_ref)
     xdbl = torch.randn(k, T, r + 2 * n, generator=g, dtype=dtype)
     dt_t = torch.randn(k, r, d, generator=g, dtype=dtype) * 0.5
-    A = -torch.rand(k * d, n, generator=g, dtype=dtype) * 3
+    A = -torch.rand(k, n, d, generator=g, dtype=dtype) * 3  # k x n x d, state-major
     D = torch.randn(k * d, generator=g, dtype=dtype)
-    h0 = torch.randn(s, d, n, generator=g, dtype=dtype) if state else None
+    h0 = torch.randn(s, n, d, generator=g, dtype=dtype) if state else None
     y, last = scan_cpu.gated_scan(u, xdbl, offsets, dt_t, bias, A, D, xz[:, d:], h0, want_last=state)
     y_ref, last_ref = scan_cpu.gated_scan_ref(u, xdbl, offsets, dt_t, bias, A, D, xz[:, d:], h0, want_last=state)
     assert y.shape == (T, d) and (y - y_ref).abs().max() < tol * max(1.0, float(y_ref.abs().max()))
@@ -392,6 +392,25 @@ def test_fast_step_equals_reference_step_and_forward(monkeypatch, fusion: Fusion
     ref = _steps(model, kp, q, valid)
     assert (fast - ref).abs().max() < 1e-5
     assert (fast - full).abs().max() < 1e-5
+
+
+@needs_kernel
+def test_fast_and_reference_steps_share_one_state_layout() -> None:
+    """A stream may switch between the kernel step and the reference step at any frame (e.g.
+    autograd switched on): both read and write the same conv and SSM state."""
+    torch.manual_seed(3)
+    mixer = SSMMixer(24, preset("vimcan-t", **SMALL), bidirectional=False).eval()
+    x = torch.randn(5, 12, 24)  # Ns x L x C
+    with torch.no_grad():
+        full = mixer(x)
+        state = mixer.init_state(5, x.device, x.dtype)
+        outs = []
+        for t in range(12):
+            step = mixer.step if t % 2 else mixer.step_ref
+            y, state = step(x[:, t], state)
+            outs.append(y)
+    assert state.ssm.shape == (5, mixer.d_state, mixer.d_inner)
+    assert (torch.stack(outs, 1) - full).abs().max() < 1e-5
 
 
 @needs_kernel
@@ -451,7 +470,7 @@ def test_inference_kernels_read_tokens_in_scan_order() -> None:
     u_perm, _ = scan_cpu.conv_silu(xz[order, :d], plain, conv_w, bias, k)
     assert (u - u_ref).abs().max() < 1e-5 and torch.equal(u, u_perm)
     xdbl = torch.randn(k, 12, r + 2 * n, generator=g)
-    args = (torch.randn(k, r, d, generator=g), bias, -torch.rand(k * d, n, generator=g), torch.randn(k * d, generator=g))
+    args = (torch.randn(k, r, d, generator=g), bias, -torch.rand(k, n, d, generator=g), torch.randn(k * d, generator=g))
     y, _ = scan_cpu.gated_scan(u, xdbl, seqs, *args, xz[:, d:])
     y_ref, _ = scan_cpu.gated_scan_ref(u, xdbl, seqs, *args, xz[:, d:])
     y_perm, _ = scan_cpu.gated_scan(u, xdbl, plain, *args, xz[order, d:])

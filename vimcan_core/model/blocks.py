@@ -29,7 +29,7 @@ class SSMState:
     """The carried state of one causal mixer: the last ``d_conv - 1`` conv inputs and the SSM state."""
 
     conv: Tensor  # Ns x Di x (d_conv - 1)
-    ssm: Tensor  # Ns x Di x N
+    ssm: Tensor  # Ns x N x Di (state-major, as the inference kernel keeps it)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class _InferenceWeights:
     x_proj_t: Tensor  # k x Di x (R + 2N): x_proj_weight transposed
     dt_proj_t: Tensor  # k x R x Di: dt_proj_weight transposed
     dt_bias: Tensor  # kDi
-    A: Tensor  # kDi x N, = -exp(A_log)
+    A_t: Tensor  # k x N x Di, = -exp(A_log) transposed (state-major)
     D: Tensor  # kDi
 
 
@@ -162,7 +162,7 @@ class SSMMixer(nn.Module):
                 x_proj_t=self.x_proj_weight.detach().transpose(1, 2).contiguous(),
                 dt_proj_t=self.dt_proj_weight.detach().transpose(1, 2).contiguous(),
                 dt_bias=self.dt_bias.detach(),
-                A=-torch.exp(self.A_log.detach()),
+                A_t=-torch.exp(self.A_log.detach()).view(k, di, -1).transpose(1, 2).contiguous(),
                 D=self.D.detach(),
             )
         self._inference_cache = (key, weights)
@@ -185,7 +185,7 @@ class SSMMixer(nn.Module):
         xz = F.linear(x, self.in_proj.weight).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
         u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di, in scan order
         xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N), in scan order
-        y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A, w.D, xz[:, di:])  # T x Di, token order
+        y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:])  # T x Di, token order
         return F.linear(y, self.out_proj.weight).view(Ns, L, C)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
@@ -195,7 +195,7 @@ class SSMMixer(nn.Module):
         di = self.d_inner
         return SSMState(
             conv=torch.zeros(batch, di, self.d_conv - 1, device=device, dtype=dtype),
-            ssm=torch.zeros(batch, di, self.d_state, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.d_state, di, device=device, dtype=dtype),
         )
 
     def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
@@ -214,8 +214,8 @@ class SSMMixer(nn.Module):
             xz[:, :di], offsets, w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x Di, Ns x Di x (K - 1)
         xdbl = torch.mm(u[0], w.x_proj_t[0])  # Ns x (R + 2N)
         y, h = scan_cpu.gated_scan(
-            u, xdbl[None], offsets, w.dt_proj_t, w.dt_bias, w.A, w.D, xz[:, di:], h0=state.ssm, want_last=True,
-        )  # Ns x Di, Ns x Di x N
+            u, xdbl[None], offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:], h0=state.ssm, want_last=True,
+        )  # Ns x Di, Ns x N x Di
         return F.linear(y, self.out_proj.weight), SSMState(conv=conv, ssm=h)
 
     def step_ref(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
@@ -228,9 +228,9 @@ class SSMMixer(nn.Module):
         xs = F.silu((window * self.conv_weight[:, 0, :]).sum(-1) + self.conv_bias)  # Ns x Di
         dt, Bm, Cm = (xs @ self.x_proj_weight[0].t()).split((r, n, n), dim=-1)  # Ns x R, Ns x N, Ns x N
         delta = F.softplus(dt @ self.dt_proj_weight[0].t() + self.dt_bias)  # Ns x Di
-        A = -torch.exp(self.A_log)  # Di x N
-        h = torch.exp(delta[..., None] * A) * state.ssm + (delta * xs)[..., None] * Bm[:, None, :]  # Ns x Di x N
-        y = (h * Cm[:, None, :]).sum(-1) + self.D * xs  # Ns x Di
+        A_t = -torch.exp(self.A_log).t()  # N x Di
+        h = torch.exp(delta[:, None, :] * A_t) * state.ssm + (delta * xs)[:, None, :] * Bm[..., None]  # Ns x N x Di
+        y = (h * Cm[..., None]).sum(1) + self.D * xs  # Ns x Di
         y = y * F.silu(z)
         return self.out_proj(y), SSMState(conv=window[..., 1:], ssm=h)
 

@@ -198,28 +198,33 @@ void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const lon
     }
 }
 
-void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REAL* dt_bias, const REAL* A,
+void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REAL* dt_bias, const REAL* At,
                      const REAL* D, const REAL* z, long z_row_stride, const long* seg, const long* tok, const REAL* h0,
                      REAL* hlast, REAL* y, long s, long k, long T, long d, long n, long r, int nthreads) {
     long m = r + 2 * n;  /* x_proj output per token: dt_low (r), B (n), C (n) */
     #pragma omp parallel num_threads(nthreads)
     {
-        REAL* scratch = (REAL*)malloc(sizeof(REAL) * (d * n + d));   /* a state d x n, then delta d */
-        REAL* delta = scratch + d * n;
+        /* a state h, state-major n x d (as h0 and hlast), so that every loop below runs over
+           channels: no horizontal sums; then delta, delta u and the token's output */
+        REAL* scratch = (REAL*)malloc(sizeof(REAL) * (n * d + 3 * d));
+        REAL* delta = scratch + n * d;
+        REAL* du = delta + d;
+        REAL* acc = du + d;
         #pragma omp for schedule(static)
         for (long si = 0; si < s; si++) {
             long t0 = seg[si], l = seg[si + 1] - seg[si];
             for (long t = 0; t < l; t++)   /* y accumulates the directions */
                 for (long c = 0; c < d; c++) y[ROW(t0 + t) * d + c] = 0;
             for (long dir = 0; dir < k; dir++) {
-                REAL* h = hlast ? hlast + si * d * n : scratch;   /* d x n, updated in place */
-                for (long i = 0; i < d * n; i++) h[i] = h0 ? h0[si * d * n + i] : 0;
+                REAL* h = hlast ? hlast + si * n * d : scratch;   /* n x d, updated in place */
+                for (long i = 0; i < n * d; i++) h[i] = h0 ? h0[si * n * d + i] : 0;
                 for (long step = 0; step < l; step++) {
                     long t = dir == 0 ? step : l - 1 - step;   /* direction 1 runs backwards */
                     const REAL* row = xdbl + (dir * T + t0 + t) * m;
                     const REAL* Bq = row + r;
                     const REAL* Cq = row + r + n;
                     const REAL* ut = u + (dir * T + t0 + t) * d;
+                    const REAL* Dk = D + dir * d;
                     /* delta = softplus(dt_proj(dt_low) + dt_bias), torch's softplus threshold 20 */
                     #pragma omp simd
                     for (long c = 0; c < d; c++) delta[c] = dt_bias[dir * d + c];
@@ -229,18 +234,25 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
                         for (long c = 0; c < d; c++) delta[c] += row[j] * wj[c];
                     }
                     #pragma omp simd
-                    for (long c = 0; c < d; c++) delta[c] = delta[c] > 20 ? delta[c] : LOG1P(EXP(delta[c]));
                     for (long c = 0; c < d; c++) {
-                        const REAL* Ac = A + (dir * d + c) * n;
-                        REAL* hc = h + c * n;
-                        REAL dt = delta[c], du = dt * ut[c], acc = 0;
-                        #pragma omp simd reduction(+:acc)
-                        for (long q = 0; q < n; q++) {
-                            hc[q] = EXP(dt * Ac[q]) * hc[q] + du * Bq[q];
-                            acc += hc[q] * Cq[q];
-                        }
-                        y[ROW(t0 + t) * d + c] += acc + D[dir * d + c] * ut[c];
+                        delta[c] = delta[c] > 20 ? delta[c] : LOG1P(EXP(delta[c]));
+                        du[c] = delta[c] * ut[c];
+                        acc[c] = Dk[c] * ut[c];
                     }
+                    for (long q = 0; q < n; q++) {
+                        const REAL* Aq = At + (dir * n + q) * d;
+                        REAL* hq = h + q * d;
+                        REAL bq = Bq[q], cq = Cq[q];
+                        #pragma omp simd
+                        for (long c = 0; c < d; c++) {
+                            REAL hv = EXP(delta[c] * Aq[c]) * hq[c] + du[c] * bq;
+                            hq[c] = hv;
+                            acc[c] += hv * cq;
+                        }
+                    }
+                    REAL* yt = y + ROW(t0 + t) * d;
+                    #pragma omp simd
+                    for (long c = 0; c < d; c++) yt[c] += acc[c];
                 }
             }
             for (long t = 0; t < l; t++) {   /* gate: y * silu(z) */
@@ -509,7 +521,7 @@ def conv_silu_ref(x: Tensor, offsets: Sequences, weight: Tensor, bias: Tensor, k
     return u, (torch.stack(hists) if want_hist else None)
 
 
-def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
+def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, dt_bias: Tensor, A_t: Tensor,
                D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
     """Inference only (no autograd): the gated selective scan of an ``SSMMixer`` after its conv
     and x_proj, for k = 1 or 2 directions, in one kernel call (``gated_scan_ref`` is the same in
@@ -518,54 +530,57 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, d
 
         u:    k x T x d            conv + SiLU output of each direction, in scan order (direction 1 runs backwards)
         xdbl: k x T x (r+2n)       x_proj output: dt_low, B, C, in scan order
-        dt_proj_t k x r x d (dt_proj_weight transposed), dt_bias k*d, A k*d x n (= -exp(A_log)), D k*d
+        dt_proj_t k x r x d (dt_proj_weight transposed), dt_bias k*d, D k*d
+        A_t:  k x n x d            A = -exp(A_log) of each direction, transposed (state-major)
         z:    T x d                the gate, in token order (rows may be strided: a slice of in_proj's output)
-        h0:   s x d x n or None    initial states (k = 1 only); want_last: return the last states
+        h0:   s x n x d or None    initial states, state-major (k = 1 only); want_last: return the last states
 
     delta = softplus(dt_low @ dt_proj_t + dt_bias); h_t = exp(delta_t A) h_{t-1} + delta_t
     B_t u_t; returns y = (sum over directions of C_t . h_t + D u_t) * silu(z), T x d in token order, and the
-    last states s x d x n (k = 1 and want_last) or None.
+    last states s x n x d (k = 1 and want_last) or None.
     """
     lib = _kernel()
     k, T, d = u.shape
-    n, r = A.shape[1], dt_proj_t.shape[1]
+    n, r = A_t.shape[1], dt_proj_t.shape[1]
     s = _check_sequences(offsets, T)
     if k == 2 and (h0 is not None or want_last):
         raise ValueError("gated_scan: a carried state (h0 / want_last) needs a single direction (k = 1)")
+    if tuple(A_t.shape) != (k, n, d):
+        raise ValueError(f"gated_scan: A_t must be k x n x d = {k} x {n} x {d}, got {tuple(A_t.shape)}")
     if tuple(z.shape) != (T, d) or tuple(xdbl.shape) != (k, T, r + 2 * n):
         raise ValueError(f"gated_scan: z must be T x d = {T} x {d} and xdbl k x T x (r + 2n) = {k} x {T} x {r + 2 * n}, "
                          f"got {tuple(z.shape)} and {tuple(xdbl.shape)}")
     z, z_row_stride = _rows(z)
-    u, xdbl, dt_proj_t, dt_bias, A, D = (t.contiguous() for t in (u, xdbl, dt_proj_t, dt_bias, A, D))
+    u, xdbl, dt_proj_t, dt_bias, A_t, D = (t.contiguous() for t in (u, xdbl, dt_proj_t, dt_bias, A_t, D))
     h0 = None if h0 is None else h0.contiguous()
     y = u.new_empty(T, d)
-    last = u.new_empty(s, d, n) if want_last else None
+    last = u.new_empty(s, n, d) if want_last else None
     getattr(lib, "vgated_scan_f32" if u.dtype == torch.float32 else "vgated_scan_f64")(
-        _ptr(u), _ptr(xdbl), _ptr(dt_proj_t), _ptr(dt_bias), _ptr(A), _ptr(D), _ptr(z), z_row_stride,
+        _ptr(u), _ptr(xdbl), _ptr(dt_proj_t), _ptr(dt_bias), _ptr(A_t), _ptr(D), _ptr(z), z_row_stride,
         _ptr(offsets.offsets), _ptr(offsets.order), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
     )
     return y, last
 
 
-def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, dt_bias: Tensor, A: Tensor,
+def gated_scan_ref(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, dt_bias: Tensor, A_t: Tensor,
                    D: Tensor, z: Tensor, h0: Tensor | None = None, want_last: bool = False) -> tuple[Tensor, Tensor | None]:
     """``gated_scan`` in plain PyTorch, one sequence and one time step at a time (the ground truth in tests)."""
     k, T, d = u.shape
-    n, r = A.shape[1], dt_proj_t.shape[1]
+    n, r = A_t.shape[1], dt_proj_t.shape[1]
     dt_low, B, C = xdbl.split((r, n, n), dim=-1)  # k x T x r, k x T x n, k x T x n
     delta = torch.nn.functional.softplus(torch.bmm(dt_low, dt_proj_t) + dt_bias.view(k, 1, d))  # k x T x d
-    A, D = A.view(k, d, n), D.view(k, d)
+    A, D = A_t.transpose(1, 2), D.view(k, d)  # k x d x n, k x d
     if offsets.order is not None:
         z = z[offsets.order]  # T x d, in scan order
     y = u.new_zeros(T, d)  # in scan order
     lasts = []
     for i, (t0, t1) in enumerate(offsets.bounds()):
         for dir in range(k):
-            h = h0[i] if h0 is not None else u.new_zeros(d, n)  # d x n
+            h = h0[i].t() if h0 is not None else u.new_zeros(d, n)  # d x n
             for t in (range(t0, t1) if dir == 0 else reversed(range(t0, t1))):
                 h = torch.exp(delta[dir, t, :, None] * A[dir]) * h + (delta[dir, t] * u[dir, t])[:, None] * B[dir, t]
                 y[t] += (h * C[dir, t]).sum(-1) + D[dir] * u[dir, t]
-        lasts.append(h)
+        lasts.append(h.t())  # n x d, state-major
     y = y * torch.nn.functional.silu(z)
     if offsets.order is not None:
         y = torch.empty_like(y).index_copy_(0, offsets.order, y)  # back to token order
