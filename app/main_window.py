@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from pathlib import Path
 
@@ -38,6 +38,13 @@ ICONS = Path(__file__).resolve().parents[1] / "resources" / "icons"
 FROZEN_AFTER_S = 1.0  # no pose for this long -> the pose is frozen and the reason shown
 #: why the demo refuses to add or remove devices (the devices panel's hint and its message after Add)
 DEMO_RIG_FIXED = "the demo's simulated rig is fixed: start the studio with --live to add real devices"
+
+
+def _same_camera(a, b) -> bool:
+    """True when two ``PinholeCamera``s (or Nones) have equal intrinsics and pose."""
+    if a is None or b is None:
+        return a is b
+    return all(np.array_equal(getattr(a, f.name), getattr(b, f.name)) for f in fields(a))
 
 
 class ViewMode(Enum):
@@ -143,9 +150,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._plot_timer = QtCore.QTimer(self)
         self._plot_timer.setInterval(PLOT_REFRESH_MS)
         self._plot_timer.timeout.connect(self.imu_plots.refresh)
-        camera = self._camera_model()
-        if camera is not None:
-            self.skeleton_view.set_camera(camera)
+        self._update_view_camera()  # live: the profile loaded at start gives it
 
     # ------------------------------------------------------------------ construction helpers
     def _build_pipeline(self):
@@ -330,9 +335,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self._qsettings is not None:
             save_settings(self.settings, self._qsettings)
         self.devices_panel.refresh()
-        camera = self._camera_model()
-        if camera is not None:
-            self.skeleton_view.set_camera(camera)
+        self._update_view_camera()
 
     @staticmethod
     def _site_text(site) -> str:
@@ -341,10 +344,40 @@ class MainWindow(QtWidgets.QMainWindow):
         return "no" if site is None else IMU_SITE_NAMES[site].replace("_", " ")
 
     def _camera_model(self):
-        """The camera's PinholeCamera (the demo's virtual camera, or the calibrated webcam), or None."""
+        """The camera's ``PinholeCamera``, or None. Demo: the rig's virtual camera. Live: the calibrated
+        camera the pose stage holds (from the profile loaded at start or chosen in the toolbar, or from
+        the wizard), else the camera device's default model (None until the camera has connected)."""
         from app.live import camera_model_of
+        from vimcan_core.camera import PinholeCamera
 
+        if not self.options.demo:
+            calibrated = getattr(self.pipeline.pose_source, "camera", None)
+            if isinstance(calibrated, PinholeCamera):
+                return calibrated
         return camera_model_of(self.pipeline)
+
+    def _view_camera(self):
+        """The camera the 3D view draws: ``_camera_model()``, turned (live) to the loaded calibration's
+        camera-to-world rotation, since the skeleton is drawn in that calibration's world. Its position
+        is the model's own (a profile stores no camera position)."""
+        from app.live import current_calibration
+        from vimcan_core.rotations import quat_conj
+
+        camera = self._camera_model()
+        if camera is None or self.options.demo:
+            return camera  # the demo's camera is exact and its calibration is made from it
+        calibration = current_calibration(self.pipeline)
+        if calibration is None:
+            return camera
+        q_cam_from_world = quat_conj(np.asarray(calibration.quat_world_from_camera, dtype=np.float64))
+        return replace(camera, quat_cam_from_world=tuple(float(x) for x in q_cam_from_world))
+
+    def _update_view_camera(self) -> None:
+        """Show ``_view_camera()`` in the 3D view when it changed (a profile, the wizard, a camera that
+        connected and so has a model); called on those events and with the panels' refresh."""
+        camera = self._view_camera()
+        if not _same_camera(camera, self.skeleton_view.camera):
+            self.skeleton_view.set_camera(camera)
 
     @QtCore.Slot(list)
     def _on_frames(self, frames: list) -> None:
@@ -377,6 +410,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _refresh_panels(self) -> None:
         self.devices_panel.refresh()
+        self._update_view_camera()
         status = self.inference_status()
         self.status_panel.show_status(status)
         self.status_line.setText(self.status_panel.summary())
@@ -461,6 +495,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if assignment and not self.options.demo and assign_sites(self.pipeline, assignment):
             self._devices_changed(device_settings(self.pipeline, self.settings))  # the wizard's sites from now on
         used = set_calibration(self.pipeline, calibration, self._camera_model())
+        self._update_view_camera()
         name = Path(profile_path).stem if profile_path else "unsaved"
         self.calibration_label.setText(f"calibration: {name}" + ("" if used else " (not used by the ground truth)"))
         self._fill_profiles()
@@ -498,6 +533,7 @@ class MainWindow(QtWidgets.QMainWindow):
             if recorder is not None and hasattr(recorder, "profile_name"):
                 recorder.profile_name = name
             self.devices_panel.refresh()  # the profile may strap the sensors to other sites
+            self._update_view_camera()  # and its camera is the calibrated one
 
     def _on_follow(self, follow: bool) -> None:
         self.skeleton_view.set_follow(follow)

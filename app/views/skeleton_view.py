@@ -127,6 +127,7 @@ class SkeletonView(QtWidgets.QWidget):
         self._joints.setVisible(False)
         self.gl_widget.addItem(self._joints)
 
+        self._camera: PinholeCamera | None = None  # the camera whose frustum is drawn
         self._frustum_pos = np.zeros((16, 3))  # 16 x 3, GL
         self._frustum = gl.GLLinePlotItem(pos=self._frustum_pos, color=rgbf(FRUSTUM_RGB, 0.9), width=2.0,
                                           mode="lines", antialias=True, glOptions="translucent")
@@ -182,12 +183,18 @@ class SkeletonView(QtWidgets.QWidget):
 
     def set_camera(self, camera: PinholeCamera | None) -> None:
         """Draw the camera's frustum (None hides it)."""
+        self._camera = camera
         if camera is None:
             self._frustum.setVisible(False)
             return
         self._frustum_pos[:] = world_to_gl(camera_frustum_world(camera))
         self._frustum.setData(pos=self._frustum_pos)
         self._frustum.setVisible(True)
+
+    @property
+    def camera(self) -> PinholeCamera | None:
+        """The camera whose frustum is drawn (None: none is)."""
+        return self._camera
 
     def set_follow(self, follow: bool) -> None:
         """Keep the performer's pelvis at the centre of the view (orbit and zoom still work)."""

@@ -653,3 +653,75 @@ def test_the_demo_refuses_new_devices_with_one_message(qtbot, tmp_path):
     assert DEMO_RIG_FIXED in panel.message_label.text()
     assert list(window.pipeline.devices()) == devices
     window.close()
+
+
+def test_live_3d_view_draws_the_camera_of_the_calibration_profile(qtbot, tmp_path, monkeypatch, output_dir):
+    """Live (not the demo), no camera device yet: the 3D view's camera frustum is the calibrated camera
+    of the profile the studio started with, then of the profile chosen in the toolbar: the profile's
+    intrinsics, turned as its calibration says (the camera looks down at the performer)."""
+    from app.main_window import MainWindow, StudioOptions
+    from app.settings import StudioSettings, open_qsettings
+    from app.views.skeleton_view import camera_frustum_world, world_to_gl
+    from sensors.model_source import ModelPoseSource
+    from sensors.pipeline import CapturePipeline
+    from vimcan_core.calibration import Calibration
+    from vimcan_core.calibration_profile import ENV_CONFIG_DIR, CalibrationProfile, load_profile, save_profile
+    from vimcan_core.rotations import quat_angle, quat_conj
+
+    monkeypatch.setenv(ENV_CONFIG_DIR, str(tmp_path / "config"))
+
+    def make_profile(name: str, posed: PinholeCamera):
+        """A profile whose calibration was made with ``posed`` (the file keeps its intrinsics only)."""
+        path = save_profile(CalibrationProfile(name=name, calibration=Calibration.identity(posed),
+                                               site_devices=(None,) * NUM_IMUS, camera=posed))
+        return path.stem, posed
+
+    start_name, start_posed = make_profile("studio A", PinholeCamera.looking_at(
+        np.array([0.0, 2.2, 3.0]), np.array([0.0, 0.6, 0.0]), width_px=1280, height_px=720, hfov_deg=70.0))
+    other_name, other_posed = make_profile("studio B", PinholeCamera.looking_at(
+        np.array([0.0, 1.0, 3.0]), np.array([0.0, 1.4, 0.0]), width_px=640, height_px=480, hfov_deg=50.0))
+    start = load_profile(next((tmp_path / "config" / "profiles").glob(f"{start_name}.json")))
+    # what build_hardware_pipeline does with the last profile: its calibration and camera go to the model stage
+    source = ModelPoseSource(estimator=None, calibration=start.calibration, camera=start.camera)
+    pipeline = CapturePipeline({}, None, source)
+    window = MainWindow(StudioOptions(demo=False), StudioSettings(takes_dir=str(tmp_path), last_profile=start_name),
+                        open_qsettings(tmp_path / "s.ini"), pipeline=pipeline)
+    qtbot.addWidget(window)
+    window.resize(1400, 880)
+    window.show()
+    qtbot.waitExposed(window)
+    view = window.skeleton_view
+    view.gl_widget.setCameraPosition(distance=9.0)
+
+    def check_drawn(posed: PinholeCamera) -> np.ndarray:
+        camera = view.camera
+        assert camera is not None and view._frustum.visible(), "no camera frustum in the 3D view"
+        intrinsics = ("width_px", "height_px", "fx_px", "fy_px", "cx_px", "cy_px")
+        assert [getattr(camera, k) for k in intrinsics] == pytest.approx([getattr(posed, k) for k in intrinsics])
+        turn_deg = np.degrees(quat_angle(np.asarray(camera.quat_cam_from_world), np.asarray(posed.quat_cam_from_world)))
+        assert turn_deg < 0.01, f"the frustum is turned {turn_deg:.2f} deg away from the calibrated camera"
+        np.testing.assert_allclose(view._frustum_pos, world_to_gl(camera_frustum_world(camera)), atol=1e-9)
+        # its pixels: frustum-coloured pixels lie along the drawn edges
+        qtbot.wait(50)
+        img = view.grab_rgb()
+        segs = camera_frustum_world(camera)
+        px = view.project_world(segs)
+        ys, xs = np.nonzero(colour_mask(img, FRUSTUM_RGB) | (np.abs(img.astype(int) - FRUSTUM_RGB).sum(-1) < 90))
+        assert len(xs) > 40, f"only {len(xs)} frustum-coloured pixels"
+        dist = distance_to_segments(np.column_stack((xs, ys)).astype(float), px[0::2], px[1::2])
+        assert np.percentile(dist, 90) < 3.0, "frustum pixels away from the calibrated camera's edges"
+        return img
+
+    check_drawn(start_posed)  # the profile loaded at start
+    assert not np.allclose(start_posed.quat_cam_from_world, PinholeCamera().quat_cam_from_world, atol=0.05)
+    window._fill_profiles()
+    window.profile_box.setCurrentText(other_name)  # the toolbar
+    assert window.profile_box.currentText() == other_name and "studio B" in window.calibration_label.text()
+    stage_turn = quat_angle(quat_conj(source.calibration.quat_world_from_camera), np.asarray(other_posed.quat_cam_from_world))
+    assert np.degrees(stage_turn) < 0.01, "the toolbar's profile should reach the model stage"
+    img = check_drawn(other_posed)
+    from PySide6 import QtGui
+
+    QtGui.QImage(img.data, img.shape[1], img.shape[0], 3 * img.shape[1], QtGui.QImage.Format.Format_RGB888).save(
+        str(output_dir / "profile_camera.png"))
+    window.close()
