@@ -293,3 +293,40 @@ def test_scratch_pool_reuses_and_caps() -> None:
     pool.give(b, torch.empty(2000))  # the big one is over the cap and dropped
     assert pool.take((2000,), like).data_ptr() != ptr
     assert pool.take((200,), like).data_ptr() == ptr
+
+
+def _conv_silu_ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    kw, l = w.shape[-1], x.shape[-1]
+    return torch.nn.functional.silu(torch.nn.functional.conv1d(x, w, b, padding=kw - 1, groups=x.shape[1])[..., :l])
+
+
+@pytest.mark.skipif(scan_cpu.load_kernel() is None, reason="the CPU kernel did not build here")
+@pytest.mark.parametrize("ns, d, l, kw", [(3, 5, 11, 4), (2, 7, 2, 4), (4, 3, 1, 4), (2, 6, 9, 2)])
+def test_conv_silu_kernel_matches_conv1d(ns, d, l, kw) -> None:
+    """The training conv kernel equals conv1d + SiLU in value and in every gradient, including
+    rows shorter than the filter; float64 passes gradcheck."""
+    g = torch.Generator().manual_seed(ns * 100 + l)
+    x = torch.randn(ns, d, l, generator=g, requires_grad=True)
+    w = torch.randn(d, 1, kw, generator=g, requires_grad=True)
+    b = torch.randn(d, generator=g, requires_grad=True)
+    gy = torch.randn(ns, d, l, generator=g)
+    y = scan_cpu.KernelConvSilu.apply(x, w, b)
+    y_ref = _conv_silu_ref(x, w, b)
+    assert (y - y_ref).abs().max() < 1e-5
+    for got, want in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(y_ref, (x, w, b), gy)):
+        assert _rel_err(got, want) < 1e-5
+    args = tuple(t.detach().double().requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: scan_cpu.KernelConvSilu.apply(*a), args, eps=1e-6, atol=1e-6)
+
+
+def test_conv_silu_dispatch_and_bad_shapes() -> None:
+    """``causal_conv1d_silu`` runs strided input and dtypes the kernel lacks (bfloat16: conv1d),
+    and names the shapes it expects."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 4, generator=g).transpose(1, 2)  # 2 x 4 x 9, strided
+    w, b = torch.randn(4, 1, 4, generator=g), torch.randn(4, generator=g)
+    assert (scan_cpu.causal_conv1d_silu(x, w, b) - _conv_silu_ref(x, w, b)).abs().max() < 1e-5
+    y16 = scan_cpu.causal_conv1d_silu(x.bfloat16(), w.bfloat16(), b.bfloat16())
+    assert y16.dtype == torch.bfloat16 and (y16.float() - _conv_silu_ref(x, w, b)).abs().max() < 0.1
+    with pytest.raises(ValueError, match="weight d x 1 x kw"):
+        scan_cpu.causal_conv1d_silu(x, torch.randn(5, 1, 4), b)

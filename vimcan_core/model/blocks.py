@@ -124,8 +124,7 @@ class SSMMixer(nn.Module):
         xs = xs.transpose(1, 2)  # Ns x Di x L
         if k == 2:
             xs = torch.cat((xs, xs.flip(-1)), dim=1)  # Ns x 2Di x L (second half runs backwards)
-        xs = F.conv1d(xs, self.conv_weight, self.conv_bias, padding=self.d_conv - 1, groups=k * di)[..., :L]  # causal, Ns x kDi x L
-        xs = F.silu(xs)
+        xs = scan_cpu.causal_conv1d_silu(xs, self.conv_weight, self.conv_bias)  # causal depthwise conv + SiLU, Ns x kDi x L
         proj = torch.einsum("kod,nkdl->nkol", self.x_proj_weight, xs.view(Ns, k, di, L))  # Ns x k x (R+2N) x L
         dt, Bm, Cm = proj.split((r, n, n), dim=2)  # Ns x k x R x L, Ns x k x N x L, Ns x k x N x L
         delta = torch.einsum("kdr,nkrl->nkdl", self.dt_proj_weight, dt).reshape(Ns, k * di, L)  # Ns x kDi x L

@@ -267,6 +267,84 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
 }
 """
 
+#: training: SiLU of a causal depthwise convolution over rows of length l (rows = batch x
+#: channels, channel = row % d, k taps, zero padding before each row) and its backward, which
+#: recomputes the pre-activation; each loop runs over time, so it vectorises
+_CONV_TEMPLATE = r"""
+static void cconv_pre_SUF(const REAL* xr, const REAL* wc, REAL bias, REAL* pre, long l, long kw) {
+    #pragma omp simd
+    for (long t = 0; t < l; t++) pre[t] = bias;
+    for (long j = 0; j < kw; j++) {   /* tap j reads the input kw - 1 - j steps back */
+        long back = kw - 1 - j;
+        REAL wj = wc[j];
+        #pragma omp simd
+        for (long t = back; t < l; t++) pre[t] += wj * xr[t - back];
+    }
+}
+
+void vcconv_silu_fwd_SUF(const REAL* x, const REAL* w, const REAL* bias, REAL* y, long rows, long d, long l, long kw,
+                         int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (long row = 0; row < rows; row++) {
+        long c = row % d;
+        REAL* yr = y + row * l;
+        cconv_pre_SUF(x + row * l, w + c * kw, bias[c], yr, l, kw);
+        #pragma omp simd
+        for (long t = 0; t < l; t++) yr[t] = yr[t] / (1 + EXP(-yr[t]));
+    }
+}
+
+/* gw (d x kw) and gb (d) are written here (not accumulated into) */
+void vcconv_silu_bwd_SUF(const REAL* x, const REAL* w, const REAL* bias, const REAL* gy, REAL* gx, REAL* gw, REAL* gb,
+                         long rows, long d, long l, long kw, int nthreads) {
+    REAL* part = (REAL*)calloc((size_t)nthreads * d * (kw + 1), sizeof(REAL));   /* per thread: gw, then gb */
+    #pragma omp parallel num_threads(nthreads)
+    {
+        REAL* pre = (REAL*)malloc(sizeof(REAL) * l);
+        REAL* gw_t = part + (size_t)omp_get_thread_num() * d * (kw + 1);
+        REAL* gb_t = gw_t + d * kw;
+        #pragma omp for schedule(static)
+        for (long row = 0; row < rows; row++) {
+            long c = row % d;
+            const REAL* xr = x + row * l;
+            const REAL* gyr = gy + row * l;
+            const REAL* wc = w + c * kw;
+            REAL* gxr = gx + row * l;
+            cconv_pre_SUF(xr, wc, bias[c], pre, l, kw);
+            REAL sb = 0;
+            #pragma omp simd reduction(+:sb)
+            for (long t = 0; t < l; t++) {   /* pre becomes dL/dpre: silu'(p) = s (1 + p (1 - s)) */
+                REAL s = 1 / (1 + EXP(-pre[t]));
+                pre[t] = gyr[t] * s * (1 + pre[t] * (1 - s));
+                sb += pre[t];
+            }
+            gb_t[c] += sb;
+            #pragma omp simd
+            for (long t = 0; t < l; t++) gxr[t] = 0;
+            for (long j = 0; j < kw; j++) {
+                long back = kw - 1 - j;
+                REAL wj = wc[j], sw = 0;
+                #pragma omp simd reduction(+:sw)
+                for (long t = back; t < l; t++) {
+                    gxr[t - back] += wj * pre[t];
+                    sw += pre[t] * xr[t - back];
+                }
+                gw_t[c * kw + j] += sw;
+            }
+        }
+        free(pre);
+    }
+    for (long i = 0; i < d * kw; i++) gw[i] = 0;
+    for (long i = 0; i < d; i++) gb[i] = 0;
+    for (int th = 0; th < nthreads; th++) {
+        const REAL* pt = part + (size_t)th * d * (kw + 1);
+        for (long i = 0; i < d * kw; i++) gw[i] += pt[i];
+        for (long i = 0; i < d; i++) gb[i] += pt[d * kw + i];
+    }
+    free(part);
+}
+"""
+
 _HEADER = "#include <math.h>\n#include <stdlib.h>\n#include <omp.h>\n"
 
 #: exp for the float inference kernels, inlined so that the loops around it vectorise without
@@ -291,6 +369,7 @@ def _source() -> str:
     for real, suf, exp, infer_exp, log1p in (("float", "f32", "expf", "infer_expf", "log1pf"),
                                              ("double", "f64", "exp", "exp", "log1p")):
         parts.append(_TEMPLATE.replace("REAL", real).replace("SUF", suf).replace("EXP", exp))
+        parts.append(_CONV_TEMPLATE.replace("REAL", real).replace("SUF", suf).replace("EXP", exp))
         parts.append(_INFER_TEMPLATE.replace("REAL", real).replace("SUF", suf).replace("EXP", infer_exp)
                      .replace("LOG1P", log1p))
     return "".join(parts)
@@ -346,6 +425,8 @@ def load_kernel() -> ctypes.CDLL | None:
         getattr(lib, f"vscan_bwd_{suf}").argtypes = [p] * 14 + [i64] * 5 + [i32]
         getattr(lib, f"vconv_silu_{suf}").argtypes = [p, i64] + [p] * 7 + [i64] * 5 + [i32]
         getattr(lib, f"vgated_scan_{suf}").argtypes = [p] * 7 + [i64] + [p] * 5 + [i64] * 6 + [i32]
+        getattr(lib, f"vcconv_silu_fwd_{suf}").argtypes = [p] * 4 + [i64] * 4 + [i32]
+        getattr(lib, f"vcconv_silu_bwd_{suf}").argtypes = [p] * 7 + [i64] * 4 + [i32]
     return lib
 
 
@@ -406,6 +487,50 @@ class KernelScan(torch.autograd.Function):
             b, d, l, n, g, torch.get_num_threads(),
         )
         return gu, gdelta, gA, gBt.transpose(-1, -2), gCt.transpose(-1, -2), gh0, None
+
+
+class KernelConvSilu(torch.autograd.Function):
+    """``silu(causal depthwise conv1d)`` through the C kernel, for training: x Ns x d x l,
+    weight d x 1 x kw (``nn.Conv1d`` / ``SSMMixer.conv_weight`` layout), bias d -> Ns x d x l.
+    The backward recomputes the pre-activation from x (nothing but x is saved). PyTorch's
+    grouped ``conv1d`` backward on the CPU was a fifth of a training step."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # noqa: D401
+        lib = load_kernel()
+        x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
+        ns, d, l = x.shape
+        y = torch.empty_like(x)
+        suf = "f32" if x.dtype == torch.float32 else "f64"
+        getattr(lib, f"vcconv_silu_fwd_{suf}")(_ptr(x), _ptr(weight), _ptr(bias), _ptr(y), ns * d, d, l, weight.shape[-1],
+                                                torch.get_num_threads())
+        ctx.save_for_backward(x, weight, bias)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        lib = load_kernel()
+        x, weight, bias = ctx.saved_tensors
+        ns, d, l = x.shape
+        gy = gy.contiguous()
+        gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
+        suf = "f32" if x.dtype == torch.float32 else "f64"
+        getattr(lib, f"vcconv_silu_bwd_{suf}")(_ptr(x), _ptr(weight), _ptr(bias), _ptr(gy), _ptr(gx), _ptr(gw), _ptr(gb),
+                                                ns * d, d, l, weight.shape[-1], torch.get_num_threads())
+        return gx, gw, gb
+
+
+def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``silu(conv1d(x, weight, bias, padding=kw - 1, groups=d)[..., :l])``: the causal depthwise
+    convolution + SiLU of a Mamba mixer, x Ns x d x l, weight d x 1 x kw, bias d. Through the C
+    kernel (``KernelConvSilu``) when it can run these tensors, else with ``conv1d``."""
+    if x.dim() != 3 or weight.shape != (x.shape[1], 1, weight.shape[-1]) or bias.shape != (x.shape[1],):
+        raise ValueError(f"causal_conv1d_silu: x must be Ns x d x l, weight d x 1 x kw and bias d, got "
+                         f"{tuple(x.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
+    if kernel_supports(x.device, x.dtype, 0) and weight.dtype == x.dtype and bias.dtype == x.dtype:
+        return KernelConvSilu.apply(x, weight, bias)
+    kw, l = weight.shape[-1], x.shape[-1]
+    return torch.nn.functional.silu(torch.nn.functional.conv1d(x, weight, bias, padding=kw - 1, groups=x.shape[1])[..., :l])
 
 
 def _rows(x: Tensor) -> tuple[Tensor, int]:
