@@ -62,6 +62,8 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
         (2, 8, 81, 16, 2, True, False, True),  # grouped B/C (the bidirectional layout)
         (1, 4, 333, 16, None, False, True, False),  # odd L spanning several chunks
         (1, 2, 4000, 4, None, True, True, True),  # long sequence
+        (2, 20, 9, 8, None, False, True, False),  # channels: two full blocks of kernel lanes and a partial one
+        (2, 24, 13, 4, 2, True, False, False),  # 12 channels per group: a block of 8 and one of 4 in each
     ],
 )
 def test_fast_backend_matches_reference(backend, b, d, l, n, groups, use_z, use_D, use_bias) -> None:
