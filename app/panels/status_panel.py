@@ -79,6 +79,11 @@ def badge_colour(status: InferenceStatus) -> tuple[int, int, int]:
     return OK_RGB if status.is_model else WARN_RGB
 
 
+#: lines kept for the Inputs line: the longest usual text (camera lost, five IMUs missing, the model's
+#: own words, the confidence) wraps to three at the dock's default width
+INPUTS_LINES = 3
+
+
 class WrappingLabel(QtWidgets.QLabel):
     """A word-wrapped label that keeps the height of all its lines.
 
@@ -86,11 +91,16 @@ class WrappingLabel(QtWidgets.QLabel):
     dock (the Inference panel) the dock hands out height from the label's one-line size hint, and a
     long text (five IMUs missing, plus the model's own words) was cut to one line. This label sets its
     minimum height to the height its text needs at its current width, whenever the text or the
-    width changes, so the dock has to make room (taking it from the Devices table above)."""
+    width changes, so the dock has to make room (taking it from the Devices table above).
 
-    def __init__(self, text: str = "", parent: QtWidgets.QWidget | None = None) -> None:
+    ``min_lines`` lines are always kept, so that a text that comes and goes (an IMU that drops out
+    for a second) does not make the docks and the 3D view jump; only a longer text grows it."""
+
+    def __init__(self, text: str = "", parent: QtWidgets.QWidget | None = None, min_lines: int = 1) -> None:
         super().__init__(text, parent)
         self.setWordWrap(True)
+        self.min_lines = min_lines
+        self._fit_height()
 
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
         if text != self.text():
@@ -103,8 +113,10 @@ class WrappingLabel(QtWidgets.QLabel):
             self._fit_height()
 
     def _fit_height(self) -> None:
-        needed_px = self.heightForWidth(max(1, self.width()))
-        if needed_px > 0 and needed_px != self.minimumHeight():
+        margins = self.contentsMargins()
+        kept_px = self.min_lines * self.fontMetrics().lineSpacing() + margins.top() + margins.bottom()
+        needed_px = max(kept_px, self.heightForWidth(max(1, self.width())))
+        if needed_px != self.minimumHeight():
             self.setMinimumHeight(needed_px)
 
 
@@ -113,14 +125,15 @@ class StatusPanel(QtWidgets.QWidget):
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
-        self.source_label = WrappingLabel("waiting for poses…")  # long when frozen: the reason is in it
+        self.source_label = QtWidgets.QLabel("waiting for poses…")
         self.source_label.setObjectName("poseSourceLabel")
+        self.source_label.setWordWrap(True)
         self._values: dict[str, QtWidgets.QLabel] = {}
         form = QtWidgets.QFormLayout()
         form.setHorizontalSpacing(14)
         for key, title in (("model", "Model"), ("backend", "Backend"), ("rate", "Poses / s"), ("latency", "Latency"),
                            ("dropped", "Dropped frames"), ("inputs", "Inputs")):
-            label = WrappingLabel("–")
+            label = WrappingLabel("–", min_lines=INPUTS_LINES if key == "inputs" else 1)
             self._values[key] = label
             form.addRow(title, label)
         layout = QtWidgets.QVBoxLayout(self)

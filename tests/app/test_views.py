@@ -601,7 +601,8 @@ def test_discovery_runs_in_a_worker_and_found_sensors_are_kept_for_the_next_star
 def test_inputs_line_with_several_missing_imus_is_not_clipped(qtbot, tmp_path):
     """The Inference dock of a window of the headless run's size: with five IMUs missing (and the
     model's own words appended) the Inputs line wraps over several lines and the label gets the
-    height of all of them (a dock does not ask its contents for height-for-width: the label must)."""
+    height of all of them (a dock does not ask its contents for height-for-width: the label must).
+    Room for them is kept from the start, so the docks and the 3D view do not jump when it wraps."""
     from app.main_window import MainWindow, StudioOptions
     from app.panels.status_panel import InferenceStatus, InputHealth
     from app.settings import StudioSettings, open_qsettings
@@ -612,6 +613,10 @@ def test_inputs_line_with_several_missing_imus_is_not_clipped(qtbot, tmp_path):
     window.resize(1500, 920)
     window.show()
     qtbot.waitExposed(window)
+    window.status_panel.show_status(InferenceStatus(source="VIMCAN-T streaming", is_model=True, health=InputHealth.ALL,
+                                                    health_detail="camera and 6 IMUs", confidence=0.9))
+    qtbot.wait(100)
+    view_size = window.skeleton_view.size()
     detail = ("IMU missing: left forearm, right forearm, left lower leg, right lower leg, head "
               "(not calibrated: running on the camera alone)")
     window.status_panel.show_status(InferenceStatus(source="VIMCAN-T streaming", is_model=True, health=InputHealth.DEGRADED,
@@ -630,6 +635,7 @@ def test_inputs_line_with_several_missing_imus_is_not_clipped(qtbot, tmp_path):
     assert needed_px >= 2 * label.fontMetrics().lineSpacing(), "the text should need more than one line here"
     assert visible_px >= needed_px, f"the Inputs line shows {visible_px} px of the {needed_px} px its text needs"
     assert label.text().startswith(detail) and "0.45" in label.text()
+    assert window.skeleton_view.size() == view_size, "the 3D view changed size when the Inputs line wrapped"
     window.close()
 
 
