@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the training frames")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--lr-decay", type=float, default=0.99, help="learning-rate factor per epoch")
+    p.add_argument("--lr-decay", type=float, default=0.99, help="learning-rate factor per epoch (a resumed run applies it from where it stopped: e.g. a faster decay for an annealing tail)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--lengths", default="9,18,27,36,45,54,63,72,81", help="window lengths, comma-separated")
     p.add_argument("--realistic-prob", type=float, default=0.5, help="share of windows with realistic noise")

@@ -75,6 +75,21 @@ def test_interrupted_run_resumes_to_the_same_weights(clips, tmp_path: Path) -> N
     assert (tmp_path / "cut" / "best.pt").is_file()
 
 
+def test_resumed_run_takes_a_new_lr_decay(clips, tmp_path: Path) -> None:
+    """Resuming with another --lr-decay continues from the saved learning rate and decays it by
+    the new factor from then on (the saved scheduler would otherwise keep the old factor)."""
+    train, val = clips
+    torch.manual_seed(1)
+    first = Trainer(Vimcan(preset("vimcan-t", **TINY)), train, val, _config(tmp_path, epochs=1, lr_decay=0.9))
+    first.fit()
+    lr_saved = first.scheduler.get_last_lr()[0]
+    assert lr_saved == pytest.approx(3e-3 * 0.9)
+    second = Trainer(Vimcan(preset("vimcan-t", **TINY)), train, val, _config(tmp_path, epochs=3, lr_decay=0.5))
+    assert second.resume() and second.scheduler.get_last_lr()[0] == pytest.approx(lr_saved)
+    second.fit()
+    assert second.scheduler.get_last_lr()[0] == pytest.approx(lr_saved * 0.5 * 0.5)
+
+
 def test_vimcan_train_cli_writes_a_loadable_best_checkpoint(tmp_path: Path, shared_data: Path) -> None:
     from app.cli import main
     from vimcan_core.model.checkpoint import load_checkpoint

@@ -196,6 +196,10 @@ class Trainer:
         self.module.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
+        if self.scheduler.gamma != self.config.lr_decay:  # e.g. an annealing tail: decay faster from here on
+            log.info("lr decay per epoch changed from %g to %g at step %d (lr now %.3g)", self.scheduler.gamma,
+                     self.config.lr_decay, blob["state"]["step"], self.scheduler.get_last_lr()[0])
+            self.scheduler.gamma = self.config.lr_decay
         self.state = TrainState(**blob["state"])
         if self.rank == 0:
             self.rng.bit_generator.state = blob["rng"]
