@@ -7,6 +7,13 @@ with the host's monotonic clock and hands the bytes to the subclass's protocol o
 closed) become ``DeviceLost``, so the ``Device`` base reports DISCONNECTED and reconnects
 with back-off. Ports are opened with ``serial.serial_for_url`` so ``loop://`` and
 ``socket://`` URLs work as well as device paths.
+
+A port is opened for exclusive use (pyserial's ``exclusive=True``: an advisory ``flock`` on POSIX;
+Windows ports are exclusive anyway). Two readers of one tty each get part of the bytes, and the one
+that loses a race for them is told "device reports readiness to read but returned no data": a
+drop and a reconnect that look like an unplugged cable. With the lock, a second opener (another
+driver, a second studio, a probe that takes the lock) is refused at once, with a message saying the
+port is in use, and the first one streams on.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ class SerialSettings:
     read_timeout_s: float = 0.05  # one poll blocks at most this long waiting for the first byte
     max_read_bytes: int = 65536  # cap on one read, so a flood cannot starve the statistics
     command_gap_s: float = 0.05  # pause between configuration commands written on connect
+    exclusive: bool = True  # lock the port: a second opener is refused instead of sharing (and losing) bytes
 
 
 class SerialDevice(Device):
@@ -63,8 +71,14 @@ class SerialDevice(Device):
     def _connect(self) -> None:
         s = self.settings
         try:
-            self._port = serial.serial_for_url(s.port, baudrate=s.baud, timeout=s.read_timeout_s, write_timeout=1.0)
+            self._port = serial.serial_for_url(s.port, baudrate=s.baud, timeout=s.read_timeout_s, write_timeout=1.0,
+                                               exclusive=s.exclusive or None)
         except (serial.SerialException, OSError, ValueError) as exc:
+            if "exclusively lock" in str(exc):  # pyserial's words when another open file holds the lock
+                raise DeviceLost(
+                    f"{self.device_id}: serial port {s.port} is in use by another program or device ({exc}); "
+                    "close the other one (a terminal, a second studio, another device on this port)"
+                ) from exc
             raise DeviceLost(
                 f"{self.device_id}: cannot open serial port {s.port} at {s.baud} baud ({exc}); "
                 "check that it is plugged in, that no other program holds it, and that you may use it "

@@ -312,3 +312,64 @@ def test_three_imus_of_one_board_share_its_port_and_reconnect_together(tmp_path:
         for d in imus:
             d.stop()
     assert not board.reader.running and not LineBoard._boards  # the last IMU closed the port
+
+
+# --------------------------------------------------------------------- one reader per port
+def test_first_open_streams_without_a_reconnect_and_a_second_opener_is_refused(tmp_path: Path) -> None:
+    """A sensor that talks from power-on: the pty is written before and while the driver opens it
+    (as the studio's fake WitMotion rig does); the first open streams every burst, with no drop and
+    no reconnect. A second opener of the same port (another driver, a terminal program) is refused
+    with a message naming the port: two readers of one tty each take some of the bytes, and the one
+    that loses a race sees "readiness to read but returned no data", a drop and a reconnect."""
+    port = FakePort(tmp_path / "ttyWIT")
+    port.plug()
+    assert port.master is not None
+    os.set_blocking(port.master, False)
+    written = {"bursts": 0}
+    stop = threading.Event()
+
+    def sensor() -> None:  # one burst every 4 ms, from before the driver opens the port
+        k = 0
+        while not stop.is_set():
+            try:
+                os.read(port.master, 4096)  # the driver's set-up commands
+            except BlockingIOError:
+                pass
+            except OSError:  # EIO: nobody has the port open yet; the burst is lost on the cable
+                stop.wait(0.004)
+                continue
+            try:
+                os.write(port.master, witmotion_burst(k))
+            except BlockingIOError:  # the reader fell behind: a full pty drops the burst
+                stop.wait(0.004)
+                continue
+            k += 1
+            written["bursts"] = k
+            stop.wait(0.004)
+
+    fake = threading.Thread(target=sensor, daemon=True)
+    fake.start()
+    time.sleep(0.05)
+    setup = WitMotionSetup(enable_quaternion=True, enable_time=True)
+    dev = WitMotionSerialDevice(str(port.link), 115200, device_id="wit", setup=setup, config=FAST)
+    intruder = WitMotionSerialDevice(str(port.link), 115200, device_id="intruder", config=FAST)
+    dev.start()
+    try:
+        wait_until(lambda: dev.stats().samples >= 40, 5, "the first 40 samples")
+        intruder.start()
+        wait_until(lambda: intruder.stats().reconnects >= 2, 5, "the second opener to be refused twice")
+        error = intruder.stats().last_error or ""
+        assert "in use" in error and str(port.link) in error, error
+        assert intruder.stats().samples == 0 and intruder.state != DeviceState.STREAMING
+        before = dev.stats().samples
+        wait_until(lambda: dev.stats().samples >= before + 60, 5, "60 more samples beside the refused opener")
+        stats = dev.stats()
+        assert stats.reconnects == 0 and stats.last_error is None, stats.last_error
+        got = [_burst_index(s) for s in dev.buffer.snapshot()]
+        assert got == list(range(got[0], got[0] + len(got))), "every burst from the first one heard, none taken"
+    finally:
+        intruder.stop()
+        dev.stop()
+        stop.set()
+        fake.join(2)
+        port.unplug()
