@@ -346,15 +346,22 @@ class MainWindow(QtWidgets.QMainWindow):
     def _camera_model(self):
         """The camera's ``PinholeCamera``, or None. Demo: the rig's virtual camera. Live: the calibrated
         camera the pose stage holds (from the profile loaded at start or chosen in the toolbar, or from
-        the wizard), else the camera device's default model (None until the camera has connected)."""
+        the wizard), else the camera device's default model (None until the camera has connected).
+        A calibrated camera for another image size than the device delivers does not describe these
+        frames: the device's model is used then."""
         from app.live import camera_model_of
         from vimcan_core.camera import PinholeCamera
 
-        if not self.options.demo:
-            calibrated = getattr(self.pipeline.pose_source, "camera", None)
-            if isinstance(calibrated, PinholeCamera):
-                return calibrated
-        return camera_model_of(self.pipeline)
+        device_camera = camera_model_of(self.pipeline)
+        if self.options.demo:
+            return device_camera
+        calibrated = getattr(self.pipeline.pose_source, "camera", None)
+        if not isinstance(calibrated, PinholeCamera):
+            return device_camera
+        if device_camera is not None and (calibrated.width_px, calibrated.height_px) != (
+                device_camera.width_px, device_camera.height_px):
+            return device_camera
+        return calibrated
 
     def _view_camera(self):
         """The camera the 3D view draws: ``_camera_model()``, turned (live) to the loaded calibration's

@@ -730,4 +730,10 @@ def test_live_3d_view_draws_the_camera_of_the_calibration_profile(qtbot, tmp_pat
 
     QtGui.QImage(img.data, img.shape[1], img.shape[0], 3 * img.shape[1], QtGui.QImage.Format.Format_RGB888).save(
         str(output_dir / "profile_camera.png"))
+    # a webcam that delivers another image size than the profile's: its own model, still turned as calibrated
+    webcam = PinholeCamera(width_px=320, height_px=240, fx_px=300.0, fy_px=300.0, cx_px=160.0, cy_px=120.0)
+    monkeypatch.setattr("app.live.camera_model_of", lambda _pipeline: webcam)
+    window._update_view_camera()
+    assert (view.camera.width_px, view.camera.fx_px) == (320, 300.0)
+    assert np.degrees(quat_angle(np.asarray(view.camera.quat_cam_from_world), np.asarray(other_posed.quat_cam_from_world))) < 0.01
     window.close()
