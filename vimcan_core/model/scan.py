@@ -195,6 +195,10 @@ def selective_scan(
         Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
         if chosen is ScanBackend.CPU_KERNEL:  # no zero state or unused last state materialised
             y, last = scan_cpu.KernelScan.apply(u, delta, A, Bg, Cg, initial_state, return_last_state)
+        elif u.dtype == torch.float16:
+            # float16 cannot hold the factorised decays (its range ends at 6.5e4): scan in float32
+            args = (t.float() if t is not None else None for t in (u, delta, A, Bg, Cg, initial_state))
+            y, last = (t.to(torch.float16) for t in _ChunkedScan.apply(*args))
         else:
             y, last = _ChunkedScan.apply(u, delta, A, Bg, Cg, initial_state)
     if D is not None:
