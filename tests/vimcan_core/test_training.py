@@ -4,7 +4,11 @@ and `vimcan train` writes loadable checkpoints with validation numbers."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,3 +114,32 @@ def test_vimcan_train_cli_writes_a_loadable_best_checkpoint(tmp_path: Path, shar
     assert model.config.embed_dim == 16 and meta["data"]["val_clips"] == 1
     assert meta["validation"]["clean"]["p1_mm"] > 0 and meta["train_config"]["batch_size"] == 2
     assert len((out / "history.jsonl").read_text().splitlines()) == 2
+
+
+def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(Path(__file__).with_name("ddp_worker.py")), str(out), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+@pytest.mark.parametrize("skewed_clock", [False, True], ids=["full-run", "time-budget-on-one-rank"])
+def test_data_parallel_training_under_torchrun(clips, tmp_path: Path, skewed_clock: bool) -> None:
+    """Two CPU processes (gloo) under torchrun: the ranks start from different initialisations
+    and end with identical weights (DDP broadcasts and averages), rank 0 writes the checkpoints;
+    when one rank's time budget ends first, both stop at the same step instead of hanging."""
+    res = _torchrun(tmp_path, *(["--skewed-clock"] if skewed_clock else []))
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world"] for i in info] == [2, 2]
+    assert info[0]["step"] == info[1]["step"] == (1 if skewed_clock else 6)
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for name in w0:
+        assert torch.equal(w0[name], w1[name]), name
+    assert (tmp_path / "last.pt").is_file()
+    if not skewed_clock:
+        assert (tmp_path / "best.pt").is_file()
+        assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2

@@ -248,7 +248,7 @@ class Trainer:
         start_wall = time.monotonic()
         seg_start, seg_frames = time.monotonic(), 0
         while self.state.step < total:
-            if cfg.max_minutes is not None and time.monotonic() - start_wall > 60 * cfg.max_minutes:
+            if self._budget_spent(start_wall):
                 log.info("time budget of %.1f min reached at step %d", cfg.max_minutes, self.state.step)
                 break
             t0 = time.monotonic()
@@ -274,6 +274,18 @@ class Trainer:
                 self.save_resume()
         self.save_resume()
         return self.state
+
+    def _budget_spent(self, start_wall: float) -> bool:
+        """True when ``max_minutes`` is over. Under torchrun the ranks decide together (any rank's
+        clock ending the budget stops all of them at the same step): a rank that stopped alone
+        would leave the others waiting in their next gradient all-reduce for ever."""
+        minutes = self.config.max_minutes
+        spent = minutes is not None and time.monotonic() - start_wall > 60 * minutes
+        if self.world > 1 and minutes is not None:
+            flag = torch.tensor([float(spent)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            spent = bool(flag.item())
+        return spent
 
     def _end_epoch(self, epoch: int) -> None:
         if self.rank != 0:
