@@ -193,7 +193,7 @@ class ModelPoseSource:
         joints_cam = np.asarray(self.estimator.step(kp, quats, valid), dtype=np.float64).reshape(NUM_JOINTS, 3)
         q_wc = np.asarray(cal.quat_world_from_camera, dtype=np.float64) if cal is not None else _world_from_camera(self.camera)
         joints_world = quat_rotate(q_wc, joints_cam - joints_cam[:1])
-        root = self._solve_root(joints_cam, kp, frame) if camera_seen else None
+        root = self._solve_root(joints_cam, kp, frame, q_wc) if camera_seen else None
         if root is not None:
             self._last_root = root
         confidence = 0.5 * float(kp[:, 2].mean()) + 0.5 * n_imus / NUM_IMUS
@@ -253,12 +253,18 @@ class ModelPoseSource:
             bone_quats_world=None if bones is None else bones.copy(),
         )
 
-    def _solve_root(self, joints_cam: np.ndarray, kp: np.ndarray, frame: SyncedFrame) -> np.ndarray | None:
+    def _solve_root(self, joints_cam: np.ndarray, kp: np.ndarray, frame: SyncedFrame,
+                    q_world_from_camera: np.ndarray) -> np.ndarray | None:
+        """The pelvis in the world (3, metres): solved in the camera frame, then turned by the same
+        rotation as the joints (the calibration's, when there is one: a profile's camera may carry
+        only its lens) and placed at the camera's position."""
         cam = self.camera
         if not self.config.solve_root or cam is None or frame.keypoints_px is None:
             return None
         t_cam = solve_root_translation(joints_cam - joints_cam[:1], frame.keypoints_px, kp[:, 2], cam)
-        return None if t_cam is None else cam.camera_to_world(t_cam)
+        if t_cam is None:
+            return None
+        return quat_rotate(q_world_from_camera, t_cam) + np.asarray(cam.position_world_m, dtype=np.float64)
 
 
 def solve_root_translation(joints_rel_cam_m: np.ndarray, keypoints_px: np.ndarray, confidence: np.ndarray,

@@ -113,6 +113,28 @@ def test_output_is_the_model_output_turned_into_the_world_frame(rig) -> None:
     assert src.backend == "cpu"
 
 
+def test_pelvis_and_joints_share_the_calibrations_camera_rotation(rig) -> None:
+    """With a camera that carries only its lens (a loaded profile) the pelvis is turned into the
+    world by the calibration's rotation, as the joints are, not by the camera's default pose."""
+    lens_only = dataclasses.replace(rig.camera_model, quat_cam_from_world=(1.0, 0.0, 0.0, 0.0))
+    cal = rig.true_calibration()
+    true_cam = rig.camera_model
+    joints_cam = true_cam.world_to_camera(rig.performer.pose_at(9.0).joints_world_m)  # 17 x 3
+
+    class Exact:  # a network that gets the pose exactly right (root-relative, camera frame)
+        description, backend = "exact", "cpu"
+
+        def reset(self) -> None:
+            pass
+
+        def step(self, keypoints, quats, imu_valid) -> np.ndarray:
+            return joints_cam - joints_cam[:1]
+
+    pose = ModelPoseSource(Exact(), cal, lens_only).estimate(synced_at(rig, 9.0))
+    np.testing.assert_allclose(pose.root_world_m, rig.performer.pose_at(9.0).joints_world_m[0], atol=0.02)
+    np.testing.assert_allclose(pose.joints_world_m + pose.root_world_m, rig.performer.pose_at(9.0).joints_world_m, atol=0.02)
+
+
 def test_missing_inputs_degrade_as_a_user_expects(rig) -> None:
     src = make_source(rig, reset_after_s=0.5)
     src.reset()
