@@ -192,16 +192,21 @@ def detect_protocol(data: bytes) -> tuple[Detected, int, str]:
 
 def probe_port(port: str, bauds: Sequence[int] = _BOARD_BAUDS + _WIT_BAUDS[2:] + (9600,), listen_s: float = 0.6,
                opener: Callable[..., Any] | None = None) -> ProbeResult:
-    """Listen on ``port`` at each baud rate in turn until a known protocol is heard."""
+    """Listen on ``port`` at each baud rate in turn until a known protocol is heard. The port is
+    opened for exclusive use, as the drivers open it: a port a running device streams from is
+    reported as in use instead of being read beside it (both readers would lose bytes)."""
     import serial
 
     opener = opener or serial.serial_for_url
     last = ProbeResult(Detected.SILENT, None, 0, 0)
     for baud in dict.fromkeys(bauds):  # unique, in order
         try:
-            ser = opener(port, baudrate=baud, timeout=0.05)
+            ser = opener(port, baudrate=baud, timeout=0.05, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
-            return ProbeResult(Detected.UNAVAILABLE, None, 0, 0, str(exc))
+            why = str(exc)
+            if "exclusively lock" in why:  # pyserial's words when another open file holds the lock
+                why = f"in use by another program or device (a running studio or monitor?): {exc}"
+            return ProbeResult(Detected.UNAVAILABLE, None, 0, 0, why)
         data = bytearray()
         try:
             end = time.monotonic() + listen_s

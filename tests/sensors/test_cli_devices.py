@@ -192,6 +192,22 @@ def test_by_id_links_are_suggested_because_they_survive_replugging(tmp_path: Pat
     assert info.recognised_as == "WitMotion IMU at 115200 baud"
 
 
+def test_probe_leaves_a_port_in_use_alone() -> None:
+    """A port held by a running device (exclusive lock, as the drivers take it) is reported in
+    use, not read beside it; once released the same probe recognises the IMU."""
+    import serial
+
+    with Streamer(wit_frame) as wit:
+        holder = serial.Serial(wit.path, 115200, timeout=0.05, exclusive=True)
+        try:
+            busy = discovery.probe_port(wit.path, bauds=[115200], listen_s=0.3)
+        finally:
+            holder.close()
+        free = discovery.probe_port(wit.path, bauds=[115200], listen_s=0.3)
+    assert busy.detected is discovery.Detected.UNAVAILABLE and "in use" in busy.detail
+    assert free.detected is discovery.Detected.WITMOTION
+
+
 def test_monitor_streams_the_simulated_imu(tmp_path: Path, capsys) -> None:
     out = tmp_path / "sim.csv"
     assert main(["monitor", "sim:left_forearm?rate=60", "--seconds", "0.8", "--csv", str(out), "--interval", "0.4"]) == 0
