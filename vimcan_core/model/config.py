@@ -89,10 +89,9 @@ class VimcanConfig:
 
 
 #: the paper's two sizes, VIMCAN-B (De 64, Dg 256, ~12.3M parameters) and VIMCAN-T (~3.9M),
-#: and a CPU-sized variant. Measured on the shared 2-core CPU (load 5-9, 1 torch thread, which
-#: beat 2 threads there): one forward + backward at batch 16, T = 81 takes ~66-124 s for
-#: vimcan-t (with ``checkpointing=True``, peak RSS 2.8 GB; without it, batch 16 runs out of
-#: memory) and ~50 s for vimcan-cpu.
+#: and a CPU-sized variant. Measured on the 2-core CPU, idle (``benchmarks/train_speed.py``):
+#: one AdamW step at batch 16 of 45-frame windows takes ~7-8 s for vimcan-t at 2 threads
+#: (peak RSS 5.6 GB; 8.3 GB at 81 frames; ``checkpointing=True`` trades ~30% speed for less).
 PRESETS: dict[str, VimcanConfig] = {
     "vimcan-b": VimcanConfig(embed_dim=64, fused_dim=256),
     "vimcan-t": VimcanConfig(embed_dim=64, fused_dim=136),
