@@ -69,6 +69,13 @@ MIRROR: tuple[int, ...] = tuple(
     for j in range(NUM_JOINTS)
 )
 
+#: a mirror image reflects x -> -x (world or camera frame; the camera's principal point is the
+#: image centre, so mirroring the image is this reflection of the camera frame): positions are
+#: multiplied by MIRROR_POSITION_SIGN, wxyz quaternions by MIRROR_QUAT_SIGN (a rotation R
+#: becomes M R M with M = diag(-1, 1, 1)), and left and right swap (MIRROR, IMU_MIRROR).
+MIRROR_POSITION_SIGN: tuple[float, float, float] = (-1.0, 1.0, 1.0)
+MIRROR_QUAT_SIGN: tuple[float, float, float, float] = (1.0, 1.0, -1.0, -1.0)
+
 #: skeleton scan order for the visual Mamba: a depth-first walk from the pelvis,
 #: every parent before its children (torso and head, then arms, then legs).
 SKELETON_SCAN_ORDER: tuple[int, ...] = (0, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 4, 5, 6, 1, 2, 3)

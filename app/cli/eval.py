@@ -7,7 +7,9 @@ webcam and the sensor signals are synthesised with the given noise preset, deter
 for the seed, and the model's root-relative camera-frame joints are compared with the truth.
 Without --checkpoint the shipped weights (resources/models/) are used. With --fusion PATH
 (repeatable) several checkpoints, e.g. the fusion ablation's, are compared on the same
-signals and ranked.
+signals and ranked. A bidirectional model's prediction is averaged with the mirrored
+prediction of the mirrored inputs, as the offline re-solve runs it (``--flip``; a streaming
+model is not, as the live studio runs it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", default="clean", choices=("clean", "realistic"), help="synthetic signal preset")
     p.add_argument("--seed", type=int, default=0, help="seed of the webcams and the noise")
     p.add_argument("--window", type=int, default=81, help="window of the bidirectional model, frames")
+    p.add_argument("--flip", default="auto", choices=("auto", "on", "off"),
+                   help="average with the mirrored prediction of the mirrored inputs; auto: on for a "
+                        "bidirectional model (as the offline re-solve does), off for a streaming one (as live)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--names", type=Path, default=None, help="joint-name override JSON for unusual skeletons")
     p.add_argument("--fusion", type=Path, action="append", default=[], metavar="CHECKPOINT",
@@ -42,13 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def evaluate_checkpoint(path: Path, eval_clips: list, window: int, device: str):
+def evaluate_checkpoint(path: Path, eval_clips: list, window: int, device: str, flip: str = "auto"):
+    """(EvalResult, config, metadata, whether the prediction was flip-averaged)."""
     from vimcan_core.model.checkpoint import load_checkpoint
     from vimcan_core.training.evaluate import evaluate
 
     model, meta = load_checkpoint(path, device=device)
     streaming = bool(model.config.streaming)
-    return evaluate(model, eval_clips, None if streaming else window, device), model.config, meta
+    flipped = flip == "on" or (flip == "auto" and not streaming)
+    return evaluate(model, eval_clips, None if streaming else window, device, flipped), model.config, meta, flipped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{c}: no such checkpoint; train one with `vimcan train` or pass --checkpoint")
     report: dict = {"bvh": str(args.bvh), "split": args.split, "noise": noise.value, "seed": args.seed, "models": []}
     for path in checkpoints:
-        result, config, _meta = evaluate_checkpoint(path, eval_clips, args.window, args.device)
-        title = f"{path} ({config.fusion.value}, {'streaming' if config.streaming else 'bidirectional'}, noise {noise.value}, seed {args.seed})"
+        result, config, _meta, flipped = evaluate_checkpoint(path, eval_clips, args.window, args.device, args.flip)
+        title = (f"{path} ({config.fusion.value}, {'streaming' if config.streaming else 'bidirectional'}, noise {noise.value}, "
+                 f"seed {args.seed}{', flip-averaged' if flipped else ''})")
         print(format_table(result, title))
         print()
-        report["models"].append({"checkpoint": str(path), "fusion": config.fusion.value, "streaming": config.streaming, **result.to_dict()})
+        report["models"].append({"checkpoint": str(path), "fusion": config.fusion.value, "streaming": config.streaming,
+                                 "flip_averaged": flipped, **result.to_dict()})
     if len(report["models"]) > 1:
         ranked = sorted(report["models"], key=lambda m: m["p1_mm"])
         print("ranking by P1: " + " < ".join(f"{m['fusion']} ({m['p1_mm']:.1f} mm)" for m in ranked))

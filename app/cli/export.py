@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-run the bidirectional model over the whole take: poses_resolved.csv, take_resolved.bvh")
     p.add_argument("--checkpoint", type=Path, default=None, help="bidirectional weights for --resolve")
     p.add_argument("--device", default="cpu", help="torch device for --resolve (default cpu)")
+    p.add_argument("--no-flip", action="store_true",
+                   help="--resolve without averaging the mirrored prediction (half the compute, ~2 mm less accurate)")
     p.set_defaults(func=run)
 
 
@@ -52,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
         for path in export_take(folder, ExportOptions(bvh=True, csv=args.csv, bvh_config=bvh_config, out_dir=args.out)):
             print(f"wrote {path}")
     if args.resolve:
-        config = ResolveConfig(device=args.device)
+        config = ResolveConfig(device=args.device, flip=not args.no_flip)
         if args.checkpoint is not None:
-            config = ResolveConfig(checkpoint=args.checkpoint, device=args.device)
+            config = ResolveConfig(checkpoint=args.checkpoint, device=args.device, flip=not args.no_flip)
         out = resolve_take(folder, config=config, bvh_config=bvh_config)
         print(f"re-solved {folder}: wrote {out} and {out.with_name('take_resolved.bvh')}")
         poses = PoseSet.RESOLVED

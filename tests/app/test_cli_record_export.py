@@ -140,6 +140,7 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     from vimcan_core.camera import normalize_keypoints
     from vimcan_core.model import Vimcan, preset
     from vimcan_core.model.checkpoint import load_checkpoint, save_checkpoint
+    from vimcan_core.model.mirror import flip_averaged
     from vimcan_core.rotations import quat_angle, quat_mul, quat_rotate
     from vimcan_core.take import read_inputs
 
@@ -182,11 +183,16 @@ def test_resolve_with_a_tiny_bidirectional_model(demo_take: Path, tmp_path: Path
     resolved = read_poses(take / "poses_resolved.csv")
     np.testing.assert_array_equal(resolved.frame_index, live.frame_index)
     model, _ = load_checkpoint(tmp_path / "bi.pt")
+    args = (torch.tensor(repaired.keypoints[None], dtype=torch.float32),
+            torch.tensor(repaired.quats_cam[None], dtype=torch.float32), torch.tensor(repaired.imu_valid[None]))
     with torch.no_grad():
-        y = model(torch.tensor(repaired.keypoints[None], dtype=torch.float32),
-                  torch.tensor(repaired.quats_cam[None], dtype=torch.float32),
-                  torch.tensor(repaired.imu_valid[None]))[0].double().numpy()
+        y_flip = flip_averaged(model, *args)[0].double().numpy()  # the default: averaged with the mirror image
+        y = model(*args)[0].double().numpy()
+    want = quat_rotate(repaired.q_world_from_camera, y_flip)
+    np.testing.assert_allclose(resolved.joints_m, want - want[:, :1], atol=1e-4)
+    assert main(["export", "--resolve", str(take), "--checkpoint", str(tmp_path / "bi.pt"), "--no-flip"]) == 0
     want = quat_rotate(repaired.q_world_from_camera, y)
+    resolved = read_poses(take / "poses_resolved.csv")
     np.testing.assert_allclose(resolved.joints_m, want - want[:, :1], atol=1e-4)
     m = read_bvh(take / "take_resolved.bvh")
     assert m.num_frames == live.num_frames

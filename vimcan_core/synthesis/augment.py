@@ -9,16 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from vimcan_core.rotations import quat_mul, quat_normalize, quat_rotate, yaw_quat
-from vimcan_core.skeleton import IMU_MIRROR, MIRROR, PARENTS
+from vimcan_core.skeleton import IMU_MIRROR, MIRROR, MIRROR_POSITION_SIGN, MIRROR_QUAT_SIGN, PARENTS
 
 
 def mirror(joints_world_m: np.ndarray, bone_quats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reflect x -> -x and swap left and right (joints and IMU sites).
-
-    A rotation R becomes M R M with M = diag(-1, 1, 1); as a quaternion (w, x, y, z) ->
-    (w, x, -y, -z). The T-pose stays the identity."""
-    j = joints_world_m[:, list(MIRROR)] * np.array([-1.0, 1.0, 1.0])
-    q = bone_quats[:, list(IMU_MIRROR)] * np.array([1.0, 1.0, -1.0, -1.0])
+    """Reflect x -> -x and swap left and right (joints and IMU sites); see ``skeleton.MIRROR_QUAT_SIGN``.
+    The T-pose stays the identity."""
+    j = joints_world_m[:, list(MIRROR)] * np.array(MIRROR_POSITION_SIGN)
+    q = bone_quats[:, list(IMU_MIRROR)] * np.array(MIRROR_QUAT_SIGN)
     return j, q
 
 

@@ -64,29 +64,39 @@ def _windows(num_frames: int, window: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def predict_clip(model: nn.Module, clip: EvalClip, window: int | None = 81, device: str | torch.device = "cpu") -> np.ndarray:
+def predict_clip(model: nn.Module, clip: EvalClip, window: int | None = 81, device: str | torch.device = "cpu",
+                 flip: bool = False) -> np.ndarray:
     """Model output for a whole clip: T x 17 x 3 (root-relative, camera frame, metres).
 
-    window None: the whole clip in one pass (streaming / causal models)."""
+    window None: the whole clip in one pass (streaming / causal models); flip: averaged with the
+    mirrored prediction of the mirrored inputs (``model.mirror.flip_averaged``)."""
+    if flip:
+        from vimcan_core.model.mirror import flip_averaged
+
+        run = lambda *a, **k: flip_averaged(model, *a, **k)  # noqa: E731
+    else:
+        run = model
     s = clip.sample
     kp = torch.from_numpy(s.keypoints).float().to(device)  # T x 17 x 3
     q = torch.from_numpy(s.quats).float().to(device)  # T x 6 x 4
     valid = torch.from_numpy(s.imu_valid).to(device)  # T x 6
     n = kp.shape[0]
     if window is None:
-        return model(kp[None], q[None], imu_valid=valid[None])[0].double().cpu().numpy()
+        return run(kp[None], q[None], imu_valid=valid[None])[0].double().cpu().numpy()
     out = np.zeros((n, 17, 3))
     wins = _windows(n, window)
     full = [w for w in wins if w[1] - w[0] == min(window, n)]
     idx = torch.stack([torch.arange(a, b) for a, b in full]).to(device)  # W x L
-    pred = model(kp[idx], q[idx], imu_valid=valid[idx]).double().cpu().numpy()  # W x L x 17 x 3
+    pred = run(kp[idx], q[idx], imu_valid=valid[idx]).double().cpu().numpy()  # W x L x 17 x 3
     for (a, b), p in zip(full, pred):
         out[a:b] = p  # the last (end-aligned) window overwrites the overlap
     return out
 
 
-def evaluate(model: nn.Module, clips: list[EvalClip], window: int | None = 81, device: str | torch.device = "cpu") -> EvalResult:
-    """P1 / P2 per clip (mm). The model is put in eval mode and restored afterwards."""
+def evaluate(model: nn.Module, clips: list[EvalClip], window: int | None = 81, device: str | torch.device = "cpu",
+             flip: bool = False) -> EvalResult:
+    """P1 / P2 per clip (mm). The model is put in eval mode and restored afterwards. ``flip``: see
+    ``predict_clip``."""
     from vimcan_core.metrics import mpjpe_mm, p_mpjpe_mm
 
     was_training = model.training
@@ -94,7 +104,7 @@ def evaluate(model: nn.Module, clips: list[EvalClip], window: int | None = 81, d
     results = []
     try:
         for c in clips:
-            pred = torch.from_numpy(predict_clip(model, c, window, device))
+            pred = torch.from_numpy(predict_clip(model, c, window, device, flip))
             tgt = torch.from_numpy(c.sample.target)
             results.append(ClipResult(c.name, int(tgt.shape[0]), float(mpjpe_mm(pred, tgt)), float(p_mpjpe_mm(pred, tgt))))
     finally:
