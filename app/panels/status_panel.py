@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
-from PySide6 import QtWidgets
+from PySide6 import QtCore, QtWidgets
 
 from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, hex_rgb
 from vimcan_core.skeleton import IMU_SITE_NAMES
@@ -131,11 +131,15 @@ class StatusPanel(QtWidgets.QWidget):
         self._values: dict[str, QtWidgets.QLabel] = {}
         form = QtWidgets.QFormLayout()
         form.setHorizontalSpacing(14)
+        top_left = QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignTop  # each title level with its value
         for key, title in (("model", "Model"), ("backend", "Backend"), ("rate", "Poses / s"), ("latency", "Latency"),
                            ("dropped", "Dropped frames"), ("inputs", "Inputs")):
             label = WrappingLabel("–", min_lines=INPUTS_LINES if key == "inputs" else 1)
+            label.setAlignment(top_left)
             self._values[key] = label
-            form.addRow(title, label)
+            title_label = QtWidgets.QLabel(title)
+            title_label.setAlignment(top_left)
+            form.addRow(title_label, label)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.source_label)

@@ -636,6 +636,20 @@ def test_inputs_line_with_several_missing_imus_is_not_clipped(qtbot, tmp_path):
     assert visible_px >= needed_px, f"the Inputs line shows {visible_px} px of the {needed_px} px its text needs"
     assert label.text().startswith(detail) and "0.45" in label.text()
     assert window.skeleton_view.size() == view_size, "the 3D view changed size when the Inputs line wrapped"
+    # a one-line text sits level with its title, not in the middle of the room kept for three lines
+    window.status_panel.show_status(InferenceStatus(source="VIMCAN-T streaming", is_model=True, health=InputHealth.ALL,
+                                                    health_detail="camera and 6 IMUs", confidence=0.9))
+    qtbot.wait(100)
+    title = window.status_panel.layout().itemAt(1).layout().labelForField(label)
+    panel = window.status_panel.grab().toImage()
+    text_top = {}
+    for name, widget in (("title", title), ("value", label)):
+        box = widget.geometry().translated(widget.parentWidget().mapTo(window.status_panel, widget.pos()) - widget.pos())
+        bg = panel.pixelColor(box.right() - 1, box.bottom() - 1)
+        rows = [y for y in range(box.top(), box.bottom()) if any(
+            abs(panel.pixelColor(x, y).lightness() - bg.lightness()) > 60 for x in range(box.left(), min(box.right(), box.left() + 120)))]
+        text_top[name] = rows[0] if rows else None
+    assert None not in text_top.values() and abs(text_top["value"] - text_top["title"]) <= 3, text_top
     window.close()
 
 
