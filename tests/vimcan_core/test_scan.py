@@ -346,3 +346,35 @@ def test_chunked_runs_half_precision(dtype) -> None:
     assert out.dtype == dtype and _rel_err(out.detach().float(), ref) < 0.02
     grads = torch.autograd.grad(out.float().square().sum(), args)
     assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.skipif(scan_cpu.load_kernel() is None, reason="the CPU kernel did not build here")
+@pytest.mark.parametrize("softplus", [True, False])
+def test_kernel_takes_delta_bias_and_softplus_itself(softplus) -> None:
+    """The kernel adds delta_bias and applies softplus in its own pass: outputs and the gradients
+    of the raw delta and the bias equal the reference's (float64 gradcheck too)."""
+    g = torch.Generator().manual_seed(11)
+    b, d, l, n = 2, 12, 19, 4
+    t = {"u": torch.randn(b, d, l, generator=g), "delta": torch.randn(b, d, l, generator=g) * (1.0 if softplus else 0.05),
+         "A": -torch.rand(d, n, generator=g) - 0.5, "B": torch.randn(b, n, l, generator=g),
+         "C": torch.randn(b, n, l, generator=g), "delta_bias": torch.randn(d, generator=g) * (1.0 if softplus else 0.02)}
+    t["delta"][0, 0, :3] = torch.tensor([25.0, -30.0, 19.0]) if softplus else t["delta"][0, 0, :3]  # both sides of the threshold
+    outs = {}
+    for backend in (ScanBackend.REFERENCE, ScanBackend.CPU_KERNEL):
+        args = {k: v.double().requires_grad_() for k, v in t.items()}
+        y = selective_scan(args["u"], args["delta"], args["A"], args["B"], args["C"], delta_bias=args["delta_bias"],
+                           delta_softplus=softplus, backend=backend)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(), list(args.values()))
+        outs[backend] = (y.detach(), dict(zip(args, grads)))
+    ref, ker = outs[ScanBackend.REFERENCE], outs[ScanBackend.CPU_KERNEL]
+    assert _rel_err(ker[0], ref[0]) < 1e-10
+    for name, g_ref in ref[1].items():
+        assert _rel_err(ker[1][name], g_ref) < 1e-9, name
+    small = {k: v[:1, :4, :6].double().requires_grad_() if v.dim() == 3 else v.double().requires_grad_() for k, v in t.items()}
+    small["A"] = small["A"][:4].detach().requires_grad_()
+    small["B"], small["C"] = (small[k][:1, :, :6].detach().requires_grad_() for k in ("B", "C"))
+    small["delta_bias"] = small["delta_bias"][:4].detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda u, dl, A, B, C, bias: selective_scan(u, dl, A, B, C, delta_bias=bias, delta_softplus=softplus,
+                                                    backend=ScanBackend.CPU_KERNEL),
+        tuple(small[k] for k in ("u", "delta", "A", "B", "C", "delta_bias")), eps=1e-6, atol=1e-6)

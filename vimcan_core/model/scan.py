@@ -184,6 +184,12 @@ def selective_scan(
     if chosen is ScanBackend.CUDA:
         fn = _mamba_ssm_fn()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if chosen is ScanBackend.CPU_KERNEL:  # bias and softplus inside the kernel; no zero state or unused last state materialised
+        Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
+        Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
+        y, last = scan_cpu.KernelScan.apply(u, delta, A, Bg, Cg, initial_state, return_last_state, delta_bias,
+                                            delta_softplus)
+        return _finish(y, last, u, D, z, return_last_state)
     if delta_bias is not None:
         delta = delta + delta_bias[:, None].to(delta.dtype)
     if delta_softplus:
@@ -193,14 +199,18 @@ def selective_scan(
     else:
         Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
         Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
-        if chosen is ScanBackend.CPU_KERNEL:  # no zero state or unused last state materialised
-            y, last = scan_cpu.KernelScan.apply(u, delta, A, Bg, Cg, initial_state, return_last_state)
-        elif u.dtype == torch.float16:
+        if u.dtype == torch.float16:
             # float16 cannot hold the factorised decays (its range ends at 6.5e4): scan in float32
             args = (t.float() if t is not None else None for t in (u, delta, A, Bg, Cg, initial_state))
             y, last = (t.to(torch.float16) for t in _ChunkedScan.apply(*args))
         else:
             y, last = _ChunkedScan.apply(u, delta, A, Bg, Cg, initial_state)
+    return _finish(y, last, u, D, z, return_last_state)
+
+
+def _finish(y: Tensor, last: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None,
+            return_last_state: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """The skip term D u and the gate SiLU(z) on the scan's output."""
     if D is not None:
         y = y + u * D[:, None]
     if z is not None:

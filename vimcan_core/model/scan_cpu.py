@@ -61,9 +61,34 @@ static void load_lanes_SUF(const REAL* src, long row0, long w, long n, REAL* dst
         for (long j = 0; j < LANES; j++) dst[k * LANES + j] = (src && j < w) ? src[(row0 + j) * n + k] : 0;
 }
 
-/* returns 0, or 1 when out of memory */
-int vscan_fwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* B, const REAL* C,
-                  const REAL* h0, REAL* y, REAL* last, long b, long d, long l, long n, long g, int nthreads) {
+/* the block's delta (l x LANES, as loaded) + delta_bias of its channels, then softplus (torch's
+   threshold 20) when asked; lanes beyond the block's width stay zero */
+static void prep_delta_SUF(REAL* dT, const REAL* dbias, long c0, long w, long l, int softplus) {
+    if (!dbias && !softplus) return;
+    REAL bl[LANES], keep[LANES];
+    for (long j = 0; j < LANES; j++) {
+        bl[j] = (dbias && j < w) ? dbias[c0 + j] : 0;
+        keep[j] = j < w;
+    }
+    for (long t = 0; t < l; t++) {
+        REAL* dt = dT + t * LANES;
+        if (softplus) {
+            #pragma omp simd
+            for (long j = 0; j < LANES; j++) {
+                REAL v = dt[j] + bl[j];
+                dt[j] = keep[j] * (v > 20 ? v : LOG1P(EXP(v)));
+            }
+        } else {
+            #pragma omp simd
+            for (long j = 0; j < LANES; j++) dt[j] += bl[j];
+        }
+    }
+}
+
+/* delta is the raw input; the scan uses delta + dbias (dbias d or NULL), through softplus when
+   asked. Returns 0, or 1 when out of memory. */
+int vscan_fwd_SUF(const REAL* u, const REAL* delta, const REAL* dbias, int softplus, const REAL* A, const REAL* B,
+                  const REAL* C, const REAL* h0, REAL* y, REAL* last, long b, long d, long l, long n, long g, int nthreads) {
     long dg = d / g, nblk = (dg + LANES - 1) / LANES;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
@@ -83,6 +108,7 @@ int vscan_fwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* B
             const REAL* Bb = B + bg * n * l;   /* n x l */
             const REAL* Cb = C + bg * n * l;
             load_rows_SUF(delta, row0, w, l, dT);
+            prep_delta_SUF(dT, dbias, c0, w, l, softplus);
             load_rows_SUF(u, row0, w, l, uT);
             load_lanes_SUF(A, c0, w, n, Al);
             load_lanes_SUF(h0, row0, w, n, h);
@@ -120,8 +146,8 @@ int vscan_fwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* B
    and gh0 may be NULL (zero state, no gradient into the last state, initial state gradient
    not wanted). One task per (batch, group): the group's channels share B and C, so one thread
    owns their gradients, summed over lanes once per task. Returns 0, or 1 when out of memory. */
-int vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* B, const REAL* C,
-                  const REAL* h0, const REAL* gy, const REAL* glast,
+int vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* dbias, int softplus, const REAL* A, const REAL* B,
+                  const REAL* C, const REAL* h0, const REAL* gy, const REAL* glast,
                   REAL* gu, REAL* gdelta, REAL* gA, REAL* gB, REAL* gC, REAL* gh0,
                   long b, long d, long l, long n, long g, int nthreads) {
     long dg = d / g, nblk = (dg + LANES - 1) / LANES;
@@ -154,6 +180,7 @@ int vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* B
                 long c0 = gi * dg + blk * LANES, w = gi * dg + dg - c0 < LANES ? gi * dg + dg - c0 : LANES;
                 long row0 = bi * d + c0;
                 load_rows_SUF(delta, row0, w, l, dT);
+                prep_delta_SUF(dT, dbias, c0, w, l, softplus);
                 load_rows_SUF(u, row0, w, l, uT);
                 load_rows_SUF(gy, row0, w, l, gyT);
                 load_lanes_SUF(A, c0, w, n, Al);
@@ -162,7 +189,7 @@ int vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* B
                 for (long i = 0; i < n * LANES; i++) gAl[i] = 0;
                 for (long t = 0; t < l; t++) {   /* recompute the states */
                     const REAL* hp = hs + t * n * LANES;
-                    REAL* ht = hp + n * LANES;
+                    REAL* ht = hs + (t + 1) * n * LANES;
                     REAL* at = as + t * n * LANES;
                     REAL du[LANES];
                     #pragma omp simd
@@ -215,6 +242,10 @@ int vscan_bwd_SUF(const REAL* u, const REAL* delta, const REAL* A, const REAL* B
                         gdT[t * LANES + j] = gdA_A[j] + gdu[j] * uT[t * LANES + j];
                         guT[t * LANES + j] = gdu[j] * dt[j];
                     }
+                }
+                if (softplus) {   /* d softplus(x) / dx = sigmoid(x) = 1 - exp(-softplus(x)) */
+                    #pragma omp simd
+                    for (long i = 0; i < l * LANES; i++) gdT[i] *= 1 - EXP(-dT[i]);
                 }
                 store_rows_SUF(gdT, row0, w, l, gdelta);
                 store_rows_SUF(guT, row0, w, l, gu);
@@ -512,8 +543,8 @@ def load_kernel() -> ctypes.CDLL | None:
         return None
     p, i64, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     for suf in ("f32", "f64"):
-        getattr(lib, f"vscan_fwd_{suf}").argtypes = [p] * 8 + [i64] * 5 + [i32]
-        getattr(lib, f"vscan_bwd_{suf}").argtypes = [p] * 14 + [i64] * 5 + [i32]
+        getattr(lib, f"vscan_fwd_{suf}").argtypes = [p] * 3 + [i32] + [p] * 6 + [i64] * 5 + [i32]
+        getattr(lib, f"vscan_bwd_{suf}").argtypes = [p] * 3 + [i32] + [p] * 12 + [i64] * 5 + [i32]
         getattr(lib, f"vscan_fwd_{suf}").restype = i32
         getattr(lib, f"vscan_bwd_{suf}").restype = i32
         getattr(lib, f"vconv_silu_{suf}").argtypes = [p, i64] + [p] * 7 + [i64] * 5 + [i32]
@@ -541,33 +572,38 @@ def _check_memory(status: int, what: str, x: Tensor) -> None:
 
 
 class KernelScan(torch.autograd.Function):
-    """The scan through the C kernel; inputs as ``scan._ChunkedScan``."""
+    """The scan through the C kernel; inputs as ``scan._ChunkedScan``, except that ``delta`` may
+    come raw: the kernel adds ``delta_bias`` (d) and applies softplus itself (``softplus``), in
+    the pass that reads delta anyway, and returns the gradient of the raw delta and the bias."""
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None,
-                want_last: bool = True):  # noqa: D401
+                want_last: bool = True, delta_bias: Tensor | None = None, softplus: bool = False):  # noqa: D401
         """h0 None: zero initial state; want_last False: ``last`` comes back empty (not computed)."""
         lib = load_kernel()
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
         h0 = None if h0 is None else h0.contiguous()
+        delta_bias = None if delta_bias is None else delta_bias.to(u.dtype).contiguous()
         y = torch.empty_like(u)
         last = u.new_empty(b, d, n) if want_last else u.new_empty(0)
         suf = "f32" if u.dtype == torch.float32 else "f64"
         _check_memory(getattr(lib, f"vscan_fwd_{suf}")(
-            _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(h0), _ptr(y), _ptr(last) if want_last else None,
-            b, d, l, n, g, torch.get_num_threads(),
+            _ptr(u), _ptr(delta), _ptr(delta_bias), int(softplus), _ptr(A), _ptr(B), _ptr(C), _ptr(h0), _ptr(y),
+            _ptr(last) if want_last else None, b, d, l, n, g, torch.get_num_threads(),
         ), "forward", u)
-        ctx.has_h0 = h0 is not None
-        ctx.save_for_backward(u, delta, A, B, C, h0 if h0 is not None else u.new_empty(0))
+        ctx.has_h0, ctx.has_bias, ctx.softplus = h0 is not None, delta_bias is not None, softplus
+        empty = u.new_empty(0)
+        ctx.save_for_backward(u, delta, A, B, C, h0 if h0 is not None else empty, delta_bias if delta_bias is not None else empty)
         return y, last
 
     @staticmethod
     def backward(ctx, gy: Tensor, glast: Tensor):
         lib = load_kernel()
-        u, delta, A, B, C, h0 = ctx.saved_tensors
+        u, delta, A, B, C, h0, delta_bias = ctx.saved_tensors
         h0 = h0 if ctx.has_h0 else None
+        delta_bias = delta_bias if ctx.has_bias else None
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
@@ -579,11 +615,12 @@ class KernelScan(torch.autograd.Function):
         gh0 = torch.empty_like(h0) if want_gh0 else None
         suf = "f32" if u.dtype == torch.float32 else "f64"
         _check_memory(getattr(lib, f"vscan_bwd_{suf}")(
-            _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(h0), _ptr(gy), _ptr(glast),
-            _ptr(gu), _ptr(gdelta), _ptr(gA), _ptr(gB), _ptr(gC), _ptr(gh0),
+            _ptr(u), _ptr(delta), _ptr(delta_bias), int(ctx.softplus), _ptr(A), _ptr(B), _ptr(C), _ptr(h0), _ptr(gy),
+            _ptr(glast), _ptr(gu), _ptr(gdelta), _ptr(gA), _ptr(gB), _ptr(gC), _ptr(gh0),
             b, d, l, n, g, torch.get_num_threads(),
         ), "backward", u)
-        return gu, gdelta, gA, gB, gC, gh0, None
+        gbias = gdelta.sum((0, 2)) if delta_bias is not None and ctx.needs_input_grad[7] else None  # d
+        return gu, gdelta, gA, gB, gC, gh0, None, gbias, None
 
 
 class KernelConvSilu(torch.autograd.Function):
