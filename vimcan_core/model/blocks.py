@@ -44,6 +44,8 @@ class _InferenceWeights:
     dt_bias: Tensor  # kDi
     A_t: Tensor  # k x N x Di, = -exp(A_log) transposed (state-major)
     D: Tensor  # kDi
+    in_proj: Tensor  # 2Di x C, in_proj's weight (shared storage, not a copy)
+    out_proj: Tensor  # C x Di, out_proj's weight (shared storage)
 
 
 @lru_cache(maxsize=64)
@@ -146,9 +148,10 @@ class SSMMixer(nn.Module):
     def _inference_weights(self) -> _InferenceWeights:
         """The derived weights, rebuilt when any parameter they come from has changed: an optimizer
         step or ``load_state_dict`` bumps a parameter's version, ``.to()`` gives it new storage."""
-        params = (self.conv_weight, self.conv_bias, self.x_proj_weight, self.dt_proj_weight, self.dt_bias, self.A_log, self.D)
+        mods = self._modules  # dict reads throughout: nn.Module's attribute lookup is slow on a 17-token step
+        params = (*self._parameters.values(), mods["in_proj"]._parameters["weight"], mods["out_proj"]._parameters["weight"])
         try:
-            key: tuple | None = tuple((p.data_ptr(), p._version) for p in params)
+            key: tuple | None = tuple([(p.data_ptr(), p._version) for p in params])
         except RuntimeError:  # inference tensors (a model built under torch.inference_mode) keep no version
             key = None  # nothing to key the cache on: rebuild every call
         if key is not None and self._inference_cache is not None and self._inference_cache[0] == key:
@@ -163,6 +166,8 @@ class SSMMixer(nn.Module):
                 dt_bias=self.dt_bias.detach(),
                 A_t=-torch.exp(self.A_log.detach()).view(k, di, -1).transpose(1, 2).contiguous(),
                 D=self.D.detach(),
+                in_proj=params[-2].detach(),
+                out_proj=params[-1].detach(),
             )
         self._inference_cache = (key, weights)
         return weights
@@ -181,11 +186,11 @@ class SSMMixer(nn.Module):
         Ns, L, C = x.shape
         k, di = self.num_dirs, self.d_inner
         offsets = _sequence_offsets(Ns, L, segments, order)  # the T = Ns L tokens as sequences
-        xz = F.linear(x, self.in_proj.weight).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
+        xz = F.linear(x, w.in_proj).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
         u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di, in scan order
         xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N), in scan order
         y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:])  # T x Di, token order
-        return F.linear(y, self.out_proj.weight).view(Ns, L, C)
+        return F.linear(y, w.out_proj).view(Ns, L, C)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         """Zero state for ``batch`` sequences (equals the zero padding of the causal conv)."""
@@ -208,14 +213,14 @@ class SSMMixer(nn.Module):
         Ns, C = x.shape
         di = self.d_inner
         offsets = _sequence_offsets(Ns, 1, None)  # each token its own sequence, one step long
-        xz = F.linear(x, self.in_proj.weight)  # Ns x 2Di: x, then the gate z
+        xz = F.linear(x, w.in_proj)  # Ns x 2Di: x, then the gate z
         u, conv = scan_cpu.conv_silu(
             xz[:, :di], offsets, w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x Di, Ns x Di x (K - 1)
         xdbl = torch.mm(u[0], w.x_proj_t[0])  # Ns x (R + 2N)
         y, h = scan_cpu.gated_scan(
             u, xdbl[None], offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:], h0=state.ssm, want_last=True,
         )  # Ns x Di, Ns x N x Di
-        return F.linear(y, self.out_proj.weight), SSMState(conv=conv, ssm=h)
+        return F.linear(y, w.out_proj), SSMState(conv=conv, ssm=h)
 
     def step_ref(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """One time step of the causal mixer in plain PyTorch (the reference for ``step``)."""
