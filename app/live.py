@@ -206,18 +206,13 @@ def add_device(pipeline, spec: str, site=None):
 
 
 def remove_device(pipeline, device) -> None:
-    """Stop ``device`` and take it out of ``pipeline``. An IMU leaves at once; removing the camera
-    restarts the pipeline thread (it holds a cursor into the camera's buffer)."""
+    """Stop ``device`` and take it out of ``pipeline``; the other devices keep streaming (the
+    pipeline thread reads its IMU mapping and its camera afresh on every pass)."""
     if device is pipeline.camera:
-        running = pipeline.running
-        if running:
-            pipeline.stop()  # stops every device; start() below restarts the others
         pipeline.camera = None
-        if running:
-            pipeline.start()
     else:
         pipeline.imus = {s: d for s, d in pipeline.imus.items() if d is not device}
-        device.stop()
+    device.stop()
     log.info("%s removed", device.device_id)
 
 

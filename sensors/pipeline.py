@@ -224,15 +224,20 @@ class CapturePipeline:
     # ---------------------------------------------------------------- the thread
     def _run(self) -> None:
         cfg = self.config
-        cursor = self.camera.buffer.total_pushed if self.camera is not None else 0
+        cursor_camera = self.camera  # the camera the buffer cursor belongs to
+        cursor = cursor_camera.buffer.total_pushed if cursor_camera is not None else 0
         last_camera = time.monotonic()  # the camera gets camera_timeout_s to deliver its first frame
         period = 1.0 / cfg.camera_rate_hz
         next_tick = time.monotonic() + period
         try:
             while not self._stop.is_set():
                 frame: KeypointFrame | None = None
-                if self.camera is not None:
-                    items, cursor, lost = self.camera.buffer.read_since(cursor)
+                camera = self.camera  # read once per pass: another thread may add or remove the camera
+                if camera is not cursor_camera:  # a camera joined or left: follow the new one from its newest frame
+                    cursor_camera, last_camera = camera, time.monotonic()
+                    cursor = camera.buffer.total_pushed if camera is not None else 0
+                if camera is not None:
+                    items, cursor, lost = camera.buffer.read_since(cursor)
                     frames = [x for x in items if isinstance(x, KeypointFrame)]
                     if frames:
                         frame = frames[-1]
@@ -242,13 +247,13 @@ class CapturePipeline:
                             self._frames_dropped += len(frames) - 1 + lost
                 now = time.monotonic()
                 if frame is not None:
-                    latency = self.camera.config.latency_s
+                    latency = camera.config.latency_s
                     self._wait_for_imus(frame.host_time_s - latency)
                     waited = time.monotonic()
                     synced = self._sync.synchronize(self.imus, frame, camera_latency_s=latency)
                     self._process(synced, (now - synced.time_s, waited - now, time.monotonic() - waited))
                     next_tick = time.monotonic() + period
-                elif (self.camera is None or now - last_camera > cfg.camera_timeout_s) and now >= next_tick:
+                elif (camera is None or now - last_camera > cfg.camera_timeout_s) and now >= next_tick:
                     next_tick = next_tick + period if now - next_tick < period else now + period
                     with self._stats_lock:
                         self._imu_only += 1
