@@ -14,8 +14,12 @@ fast-math so that loading it leaves the process's floating-point mode alone) int
 and loaded with ctypes. When no compiler is found or the build fails, ``load_kernel()``
 returns None and the scan uses the chunked backend (the reason is logged once).
 
-Same semantics and argument shapes as ``scan._ChunkedScan`` (after delta_bias/softplus):
-u, delta b x d x l; A d x n; B, C b x g x n x l; h0 b x d x n -> y b x d x l, last b x d x n.
+Same semantics and argument shapes as ``scan._ChunkedScan``: u, delta b x d x l; A d x n;
+B, C b x g x n x l; h0 b x d x n -> y b x d x l, last b x d x n; delta_bias (d) and softplus are
+applied by the kernel itself when given (``KernelScan``).
+
+The same library holds the training conv + SiLU (``KernelConvSilu``) and the inference-only
+kernels of a mixer (``conv_silu``, ``gated_scan``: channel-last tokens, cut into sequences).
 """
 
 from __future__ import annotations
