@@ -102,7 +102,14 @@ def test_vimcan_eval_is_deterministic_for_a_seed(bvh_dir: Path, tmp_path: Path, 
     assert runs["a"]["p1_mm"] != runs["c"]["p1_mm"] and runs["a"]["p1_mm"] != runs["d"]["p1_mm"]
     assert runs["a"]["clips"][0]["name"] == "02_02" and runs["a"]["p2_mm"] <= runs["a"]["p1_mm"]
     printed = capsys.readouterr().out
-    assert "02_02" in printed and "overall" in printed
+    assert "02_02" in printed and "overall" in printed and "flip-averaged" in printed
+    # a bidirectional model is flip-averaged by default (as the offline re-solve runs it); --flip off is the plain model
+    assert runs["a"]["flip_averaged"] is True
+    out = tmp_path / "plain.json"
+    assert main(["eval", "--bvh", str(bvh_dir), "--checkpoint", str(ckpt), "--seed", "3", "--noise", "realistic",
+                 "--json", str(out), "--window", "27", "--cache", str(tmp_path / "cache"), "--flip", "off"]) == 0
+    plain = json.loads(out.read_text())
+    assert plain["flip_averaged"] is False and plain["p1_mm"] != runs["a"]["p1_mm"]
 
 
 def test_vimcan_eval_compares_fusion_checkpoints(bvh_dir: Path, tmp_path: Path) -> None:
