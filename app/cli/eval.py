@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fusion", type=Path, action="append", default=[], metavar="CHECKPOINT",
                    help="compare several checkpoints (e.g. the fusion ablation), repeatable")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda")
     p.add_argument("--cache", type=Path, default=Path(".cache/clips"), help="retargeted-clip cache folder")
     p.set_defaults(func=run)
 
@@ -67,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
     from vimcan_core.synthesis.noise import parse_preset
     from vimcan_core.training.evaluate import format_table
 
+    from vimcan_core.live import pick_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = str(pick_device(args.device))
     noise = parse_preset(args.noise)
     clips = load_clips(args.bvh, args.split, RetargetConfig(override=args.names), cache_dir=args.cache)
     eval_clips = make_eval_clips(clips, noise, args.seed)
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{c}: no such checkpoint; train one with `vimcan train` or pass --checkpoint")
     report: dict = {"bvh": str(args.bvh), "split": args.split, "noise": noise.value, "seed": args.seed, "models": []}
     for path in checkpoints:
-        result, config, _meta, flipped = evaluate_checkpoint(path, eval_clips, args.window, args.device, args.flip)
+        result, config, _meta, flipped = evaluate_checkpoint(path, eval_clips, args.window, device, args.flip)
         title = (f"{path} ({config.fusion.value}, {'streaming' if config.streaming else 'bidirectional'}, noise {noise.value}, "
                  f"seed {args.seed}{', flip-averaged' if flipped else ''})")
         print(format_table(result, title))

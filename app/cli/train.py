@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (CPU budgets)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:1")
     p.add_argument("--no-val-realistic", action="store_true", help="validate with clean signals only (saves time)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between resume checkpoints")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
@@ -98,12 +98,16 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger().addHandler(handler)
 
     lengths = tuple(int(x) for x in args.lengths.split(","))
+    from vimcan_core.live import pick_device
+
+    device = str(pick_device(args.device))
+    log.info("training on %s", device)
     config = TrainConfig(
         out_dir=out, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay, weight_decay=args.weight_decay,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
         sampler=SamplerConfig(lengths=lengths, realistic_prob=args.realistic_prob),
         val_realistic=not args.no_val_realistic, checkpoint_every=args.checkpoint_every,
-        max_steps=args.max_steps, max_minutes=args.max_minutes, num_threads=args.threads, device=args.device,
+        max_steps=args.max_steps, max_minutes=args.max_minutes, num_threads=args.threads, device=device,
     )
     torch.manual_seed(args.seed)
     if args.threads:

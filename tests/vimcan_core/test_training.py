@@ -114,6 +114,8 @@ def test_vimcan_train_cli_writes_a_loadable_best_checkpoint(tmp_path: Path, shar
     assert model.config.embed_dim == 16 and meta["data"]["val_clips"] == 1
     assert meta["validation"]["clean"]["p1_mm"] > 0 and meta["train_config"]["batch_size"] == 2
     assert len((out / "history.jsonl").read_text().splitlines()) == 2
+    # --device defaults to auto: the GPU when there is one (a GPU user's plain command must not train on the CPU)
+    assert meta["train_config"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
