@@ -167,7 +167,7 @@ class ResolveConfig:
     device: str = "cpu"  # torch device
     chunk_frames: int = 2048  # frames per model call (long takes are cut with overlap)
     overlap_frames: int = 64  # context on each side of a chunk, discarded after the call
-    flip: bool = True  # average with the mirrored prediction of the mirrored inputs (~2 mm better, 2x the compute)
+    flip: bool = True  # average with the mirrored prediction of the mirrored inputs (0.5-1 mm P1, 1.3 mm P2; 2x the compute)
     repair_imus: bool = True  # pair the IMUs again from raw.csv (needs the calibration in take.json)
     max_staleness_s: float = 0.1  # the synchroniser's limit for a usable sample
 

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="bidirectional weights for --resolve")
     p.add_argument("--device", default="cpu", help="torch device for --resolve (default cpu)")
     p.add_argument("--no-flip", action="store_true",
-                   help="--resolve without averaging the mirrored prediction (half the compute, ~2 mm less accurate)")
+                   help="--resolve without averaging the mirrored prediction (half the compute, 0.5-1 mm less accurate)")
     p.set_defaults(func=run)
 
 
