@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from tests.conftest import SHARED_DATA  # noqa: E402
-from tests.vimcan_core.test_training import TINY  # noqa: E402
+from tests.vimcan_core.tiny_model import TINY  # noqa: E402
 from vimcan_core.dataset import SamplerConfig, load_clip  # noqa: E402
 from vimcan_core.model import Vimcan, preset  # noqa: E402
 from vimcan_core.training import trainer as trainer_module  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.vimcan_core.tiny_model import TINY
 from vimcan_core.dataset import load_clip, make_eval_clips
 from vimcan_core.metrics import mpjpe_mm, p_mpjpe_mm
 from vimcan_core.model import Vimcan, preset
@@ -19,7 +20,6 @@ from vimcan_core.model.checkpoint import save_checkpoint
 from vimcan_core.synthesis.noise import NoisePreset
 from vimcan_core.training.evaluate import _windows, evaluate, format_table, predict_clip
 
-TINY = dict(embed_dim=16, fused_dim=16, expand=1, d_state=2, num_skeleton_layers=1, mlp_ratio=1.0, num_heads=2)
 
 
 class PerFrame(nn.Module):

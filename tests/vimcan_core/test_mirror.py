@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.vimcan_core.tiny_model import TINY
 from vimcan_core.camera import PinholeCamera, normalize_keypoints
 from vimcan_core.dataset import load_clip
 from vimcan_core.model import FusionMode, Vimcan, preset
@@ -14,7 +15,6 @@ from vimcan_core.model.mirror import flip_averaged, mirror_imu_valid, mirror_poi
 from vimcan_core.rotations import quat_angle, quat_mul
 from vimcan_core.synthesis.augment import mirror
 
-TINY = dict(embed_dim=16, fused_dim=16, expand=1, d_state=2, num_skeleton_layers=1, mlp_ratio=1.0, num_heads=2)
 
 
 def _inputs(camera: PinholeCamera, joints_world: np.ndarray, bones_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.vimcan_core.tiny_model import TINY
 from vimcan_core.dataset import SamplerConfig, WindowSampler, load_clip
 from vimcan_core.model import Vimcan, preset
 from vimcan_core.training.trainer import TrainConfig, Trainer
 
-TINY = dict(embed_dim=16, fused_dim=16, expand=1, d_state=2, num_skeleton_layers=1, mlp_ratio=1.0, num_heads=2)
 TINY_ARGS = [a for k, v in TINY.items() for a in ("--model-override", f"{k}={v}")]
 
 
