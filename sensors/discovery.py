@@ -197,15 +197,15 @@ def probe_port(port: str, bauds: Sequence[int] = _BOARD_BAUDS + _WIT_BAUDS[2:] +
     reported as in use instead of being read beside it (both readers would lose bytes)."""
     import serial
 
+    from sensors.drivers.serial_port import port_in_use
+
     opener = opener or serial.serial_for_url
     last = ProbeResult(Detected.SILENT, None, 0, 0)
     for baud in dict.fromkeys(bauds):  # unique, in order
         try:
             ser = opener(port, baudrate=baud, timeout=0.05, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
-            why = str(exc)
-            if "exclusively lock" in why:  # pyserial's words when another open file holds the lock
-                why = f"in use by another program or device (a running studio or monitor?): {exc}"
+            why = f"in use by another program or device (a running studio or monitor?): {exc}" if port_in_use(exc) else str(exc)
             return ProbeResult(Detected.UNAVAILABLE, None, 0, 0, why)
         data = bytearray()
         try:

@@ -46,6 +46,11 @@ class SerialSettings:
     exclusive: bool = True  # lock the port: a second opener is refused instead of sharing (and losing) bytes
 
 
+def port_in_use(exc: BaseException) -> bool:
+    """True when opening a port failed because another open file holds its exclusive lock."""
+    return "exclusively lock" in str(exc)  # pyserial's words for it
+
+
 class SerialDevice(Device):
     """Base of the serial drivers; subclasses parse bytes into samples."""
 
@@ -74,7 +79,7 @@ class SerialDevice(Device):
             self._port = serial.serial_for_url(s.port, baudrate=s.baud, timeout=s.read_timeout_s, write_timeout=1.0,
                                                exclusive=s.exclusive or None)
         except (serial.SerialException, OSError, ValueError) as exc:
-            if "exclusively lock" in str(exc):  # pyserial's words when another open file holds the lock
+            if port_in_use(exc):
                 raise DeviceLost(
                     f"{self.device_id}: serial port {s.port} is in use by another program or device ({exc}); "
                     "close the other one (a terminal, a second studio, another device on this port)"
