@@ -184,9 +184,9 @@ def selective_scan(
     if chosen is ScanBackend.CUDA:
         fn = _mamba_ssm_fn()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
+    Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
     if chosen is ScanBackend.CPU_KERNEL:  # bias and softplus inside the kernel; no zero state or unused last state materialised
-        Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
-        Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
         y, last = scan_cpu.KernelScan.apply(u, delta, A, Bg, Cg, initial_state, return_last_state, delta_bias,
                                             delta_softplus)
         return _finish(y, last, u, D, z, return_last_state)
@@ -197,8 +197,6 @@ def selective_scan(
     if chosen is ScanBackend.REFERENCE:
         y, last = _scan_reference(u, delta, A, B, C, initial_state)
     else:
-        Bg = B if B.dim() == 4 else B.unsqueeze(1)  # b x g x n x l
-        Cg = C if C.dim() == 4 else C.unsqueeze(1)  # b x g x n x l
         if u.dtype == torch.float16:
             # float16 cannot hold the factorised decays (its range ends at 6.5e4): scan in float32
             args = (t.float() if t is not None else None for t in (u, delta, A, Bg, Cg, initial_state))

@@ -569,6 +569,11 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _typed(lib: ctypes.CDLL, name: str, dtype: torch.dtype):
+    """Kernel ``name`` for float32 or float64 tensors (``name_f32`` / ``name_f64``)."""
+    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+
+
 def _check_memory(status: int, what: str, x: Tensor) -> None:
     if status:
         raise MemoryError(f"the CPU kernel's {what} pass could not allocate its per-thread buffers "
@@ -592,8 +597,7 @@ class KernelScan(torch.autograd.Function):
         delta_bias = None if delta_bias is None else delta_bias.to(u.dtype).contiguous()
         y = torch.empty_like(u)
         last = u.new_empty(b, d, n) if want_last else u.new_empty(0)
-        suf = "f32" if u.dtype == torch.float32 else "f64"
-        _check_memory(getattr(lib, f"vscan_fwd_{suf}")(
+        _check_memory(_typed(lib, "vscan_fwd", u.dtype)(
             _ptr(u), _ptr(delta), _ptr(delta_bias), int(softplus), _ptr(A), _ptr(B), _ptr(C), _ptr(h0), _ptr(y),
             _ptr(last) if want_last else None, b, d, l, n, g, torch.get_num_threads(),
         ), "forward", u)
@@ -617,8 +621,7 @@ class KernelScan(torch.autograd.Function):
         gB, gC = torch.empty_like(B), torch.empty_like(C)
         want_gh0 = h0 is not None and ctx.needs_input_grad[5]
         gh0 = torch.empty_like(h0) if want_gh0 else None
-        suf = "f32" if u.dtype == torch.float32 else "f64"
-        _check_memory(getattr(lib, f"vscan_bwd_{suf}")(
+        _check_memory(_typed(lib, "vscan_bwd", u.dtype)(
             _ptr(u), _ptr(delta), _ptr(delta_bias), int(ctx.softplus), _ptr(A), _ptr(B), _ptr(C), _ptr(h0), _ptr(gy),
             _ptr(glast), _ptr(gu), _ptr(gdelta), _ptr(gA), _ptr(gB), _ptr(gC), _ptr(gh0),
             b, d, l, n, g, torch.get_num_threads(),
@@ -639,9 +642,8 @@ class KernelConvSilu(torch.autograd.Function):
         x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
         ns, d, l = x.shape
         y = torch.empty_like(x)
-        suf = "f32" if x.dtype == torch.float32 else "f64"
-        getattr(lib, f"vcconv_silu_fwd_{suf}")(_ptr(x), _ptr(weight), _ptr(bias), _ptr(y), ns * d, d, l, weight.shape[-1],
-                                                torch.get_num_threads())
+        _typed(lib, "vcconv_silu_fwd", x.dtype)(_ptr(x), _ptr(weight), _ptr(bias), _ptr(y), ns * d, d, l, weight.shape[-1],
+                                                 torch.get_num_threads())
         ctx.save_for_backward(x, weight, bias)
         return y
 
@@ -652,9 +654,8 @@ class KernelConvSilu(torch.autograd.Function):
         ns, d, l = x.shape
         gy = gy.contiguous()
         gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
-        suf = "f32" if x.dtype == torch.float32 else "f64"
-        getattr(lib, f"vcconv_silu_bwd_{suf}")(_ptr(x), _ptr(weight), _ptr(bias), _ptr(gy), _ptr(gx), _ptr(gw), _ptr(gb),
-                                                ns * d, d, l, weight.shape[-1], torch.get_num_threads())
+        _typed(lib, "vcconv_silu_bwd", x.dtype)(_ptr(x), _ptr(weight), _ptr(bias), _ptr(gy), _ptr(gx), _ptr(gw), _ptr(gb),
+                                                 ns * d, d, l, weight.shape[-1], torch.get_num_threads())
         return gx, gw, gb
 
 
@@ -749,7 +750,7 @@ def conv_silu(x: Tensor, offsets: Sequences, weight: Tensor, bias: Tensor, k: in
     hist = None if hist is None else hist.contiguous()
     u = x.new_empty(k, T, d)
     new_hist = x.new_empty(s, d, kw - 1) if want_hist else None
-    getattr(lib, "vconv_silu_f32" if x.dtype == torch.float32 else "vconv_silu_f64")(
+    _typed(lib, "vconv_silu", x.dtype)(
         _ptr(x), x_row_stride, _ptr(offsets.offsets), _ptr(offsets.order), _ptr(hist), _ptr(weight), _ptr(bias), _ptr(u), _ptr(new_hist),
         s, k, T, d, kw, torch.get_num_threads(),
     )
@@ -818,7 +819,7 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, d
     h0 = None if h0 is None else h0.contiguous()
     y = u.new_empty(T, d)
     last = u.new_empty(s, n, d) if want_last else None
-    getattr(lib, "vgated_scan_f32" if u.dtype == torch.float32 else "vgated_scan_f64")(
+    _typed(lib, "vgated_scan", u.dtype)(
         _ptr(u), _ptr(xdbl), _ptr(dt_proj_t), _ptr(dt_bias), _ptr(A_t), _ptr(D), _ptr(z), z_row_stride,
         _ptr(offsets.offsets), _ptr(offsets.order), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
     )
