@@ -65,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from vimcan_core.errors import CheckpointError
     from vimcan_core.retarget import RetargetConfig
     from vimcan_core.synthesis.noise import parse_preset
-    from vimcan_core.training.evaluate import format_table
-
     from vimcan_core.live import pick_device
+    from vimcan_core.training.evaluate import format_table
 
     if args.threads:
         torch.set_num_threads(args.threads)

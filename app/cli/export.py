@@ -54,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
         for path in export_take(folder, ExportOptions(bvh=True, csv=args.csv, bvh_config=bvh_config, out_dir=args.out)):
             print(f"wrote {path}")
     if args.resolve:
-        config = ResolveConfig(device=args.device, flip=not args.no_flip)
-        if args.checkpoint is not None:
-            config = ResolveConfig(checkpoint=args.checkpoint, device=args.device, flip=not args.no_flip)
+        weights = {} if args.checkpoint is None else {"checkpoint": args.checkpoint}  # else the shipped ones
+        config = ResolveConfig(device=args.device, flip=not args.no_flip, **weights)
         out = resolve_take(folder, config=config, bvh_config=bvh_config)
         print(f"re-solved {folder}: wrote {out} and {out.with_name('take_resolved.bvh')}")
         poses = PoseSet.RESOLVED

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vimcan_core.dataset import SamplerConfig, load_clips
+    from vimcan_core.live import pick_device
     from vimcan_core.model import Vimcan
     from vimcan_core.training.trainer import Progress, TrainConfig, Trainer
 
@@ -98,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger().addHandler(handler)
 
     lengths = tuple(int(x) for x in args.lengths.split(","))
-    from vimcan_core.live import pick_device
-
     device = str(pick_device(args.device))
     log.info("training on %s", device)
     config = TrainConfig(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -70,12 +71,9 @@ def predict_clip(model: nn.Module, clip: EvalClip, window: int | None = 81, devi
 
     window None: the whole clip in one pass (streaming / causal models); flip: averaged with the
     mirrored prediction of the mirrored inputs (``model.mirror.flip_averaged``)."""
-    if flip:
-        from vimcan_core.model.mirror import flip_averaged
+    from vimcan_core.model.mirror import flip_averaged
 
-        run = lambda *a, **k: flip_averaged(model, *a, **k)  # noqa: E731
-    else:
-        run = model
+    run = partial(flip_averaged, model) if flip else model
     s = clip.sample
     kp = torch.from_numpy(s.keypoints).float().to(device)  # T x 17 x 3
     q = torch.from_numpy(s.quats).float().to(device)  # T x 6 x 4
