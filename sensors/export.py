@@ -10,7 +10,8 @@ recording and writes ``poses_resolved.csv`` and ``take_resolved.bvh`` beside the
   samples after each frame available) when take.json holds the calibration; otherwise the
   bone orientations the live pose stage used (poses.csv) are taken as they are;
 * bone orientations go into the camera frame, the model's root-relative camera-frame joints
-  come back into the world frame (Y up) and get the live root trajectory.
+  are scaled to the performer's height when it is known (take.json or ``ResolveConfig``), come
+  back into the world frame (Y up) and get the live root trajectory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from sensors.sync import sample_times_offline, sync_offline
+from vimcan_core.body_scale import scale_to_height
 from vimcan_core.bvh.writer import BvhWriterConfig, build_clip, writable_frames
 from vimcan_core.camera import PinholeCamera, normalize_keypoints
 from vimcan_core.errors import CheckpointError, TakeError
@@ -164,12 +166,13 @@ class ResolveConfig:
     """How a take is re-solved."""
 
     checkpoint: Path = DEFAULT_CHECKPOINT  # bidirectional weights (used when no model is passed)
-    device: str = "cpu"  # torch device
+    device: str = "auto"  # torch device: "auto" (CUDA when available, else the CPU), "cpu", "cuda"
     chunk_frames: int = 2048  # frames per model call (long takes are cut with overlap)
     overlap_frames: int = 64  # context on each side of a chunk, discarded after the call
     flip: bool = True  # average with the mirrored prediction of the mirrored inputs (0.5-1 mm P1, 1.3 mm P2; 2x the compute)
     repair_imus: bool = True  # pair the IMUs again from raw.csv (needs the calibration in take.json)
     max_staleness_s: float = 0.1  # the synchroniser's limit for a usable sample
+    performer_height_m: float | None = None  # scale the skeleton to this height (None: take.json's, if it has one)
 
 
 @dataclass(frozen=True)
@@ -262,9 +265,10 @@ def _load_model(config: ResolveConfig) -> Any:
         raise CheckpointError(
             f"{path}: no bidirectional weights; train them with `vimcan train` or pass --checkpoint PATH"
         )
-    from vimcan_core.model.checkpoint import load_checkpoint  # torch only when re-solving
+    from vimcan_core.live import pick_device  # torch only when re-solving
+    from vimcan_core.model.checkpoint import load_checkpoint
 
-    model, _ = load_checkpoint(path, device=config.device)
+    model, _ = load_checkpoint(path, device=pick_device(config.device))
     if getattr(getattr(model, "config", None), "streaming", False):
         raise CheckpointError(f"{path}: a streaming (causal) model; --resolve needs bidirectional weights")
     return model
@@ -274,10 +278,11 @@ def run_model(model: Any, inputs: ModelInputs, config: ResolveConfig = ResolveCo
     """T x 17 x 3 root-relative joints in the camera frame, metres, in overlapping chunks."""
     import torch
 
+    from vimcan_core.live import pick_device
     from vimcan_core.model.mirror import flip_averaged
 
     T = inputs.keypoints.shape[0]
-    device = torch.device(config.device)
+    device = pick_device(config.device)
     model = model.to(device).eval()
     out = np.empty((T, len(JOINT_NAMES), 3))
     step = max(1, config.chunk_frames)
@@ -307,6 +312,10 @@ def resolve_take(folder: str | Path, model: Any = None, config: ResolveConfig = 
     elif getattr(getattr(model, "config", None), "streaming", False):
         raise CheckpointError("resolve_take needs a bidirectional model (streaming=False)")
     joints_cam = run_model(model, inputs, config)  # T x 17 x 3
+    height = config.performer_height_m if config.performer_height_m is not None else read_meta(paths.folder).performer_height_m
+    if height is not None:
+        joints_cam, factor = scale_to_height(joints_cam, height)
+        log.info("%s: skeleton scaled by %.3f to the performer's height of %.2f m", paths.folder, factor, height)
     joints_world = quat_rotate(inputs.q_world_from_camera, joints_cam)
     joints_world = joints_world - joints_world[:, :1]
     live = read_poses(paths.poses)

@@ -8,6 +8,7 @@ the device it runs on) and turns the output back into a world-frame ``PoseFrame`
     IMU quats (sensor-to-own-world) -> calibration.bone_quats_camera -> 6 x 4 (q_cam_from_bone)
     imu_valid = present and calibrated                          -> 6
     model: root-relative joints, camera frame (17 x 3)
+      -> scaled to the performer's height when it is known (``set_performer_height``)
       -> world (Y up): rotated by calibration.quat_world_from_camera
       -> pelvis position: the translation that best reprojects the joints onto the keypoints
          (linear least squares, when the camera's intrinsics are known)
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from sensors.samples import PoseFrame, SyncedFrame
+from vimcan_core.body_scale import LiveHeightScaler
 from vimcan_core.camera import PinholeCamera, normalize_keypoints
 from vimcan_core.errors import CheckpointError
 from vimcan_core.rotations import IDENTITY_QUAT, quat_rotate
@@ -107,6 +109,7 @@ class ModelPoseSource:
         self._last_root: np.ndarray | None = None
         self._frozen_since: float | None = None
         self._needs_reset = False
+        self._scaler: LiveHeightScaler | None = None
         self._apply_cpu_threads()
 
     def _apply_cpu_threads(self) -> None:
@@ -145,9 +148,22 @@ class ModelPoseSource:
         if camera is not None:
             self.camera = camera
 
+    @property
+    def performer_height_m(self) -> float | None:
+        """The height the poses are scaled to (None: the network's own size)."""
+        scaler = self._scaler
+        return None if scaler is None else scaler.height_m
+
+    def set_performer_height(self, height_m: float | None) -> None:
+        """Scale the poses so that the skeleton is ``height_m`` tall (``vimcan_core.body_scale``;
+        None: keep the network's guess). One attribute is replaced, read once per frame."""
+        self._scaler = None if height_m is None else LiveHeightScaler(height_m)
+
     # ------------------------------------------------------------------ PoseSource
     def reset(self) -> None:
         self.estimator.reset()
+        if self._scaler is not None:
+            self._scaler.reset()
         self.status = SourceStatus.WAITING
         self.status_message = "waiting for the first frame"
         self._last = None
@@ -191,6 +207,9 @@ class ModelPoseSource:
             self._needs_reset = False
         self._frozen_since = None
         joints_cam = np.asarray(self.estimator.step(kp, quats, valid), dtype=np.float64).reshape(NUM_JOINTS, 3)
+        scaler = self._scaler  # read once: set_performer_height may replace it from another thread
+        if scaler is not None:
+            joints_cam = scaler(joints_cam)  # the performer's size (before the root solve: it sets the depth)
         q_wc = np.asarray(cal.quat_world_from_camera, dtype=np.float64) if cal is not None else _world_from_camera(self.camera)
         joints_world = quat_rotate(q_wc, joints_cam - joints_cam[:1])
         root = self._solve_root(joints_cam, kp, frame, q_wc) if camera_seen else None

@@ -11,6 +11,7 @@ A profile file (``<config dir>/profiles/<name>.json``)::
       "assignment": {"left_forearm": "dot-D4:22", ..., "pelvis": null},
       "camera": {"device_id": "webcam-0", "width_px": 640, "height_px": 480,
                  "fx_px": 554.3, "fy_px": 554.3, "cx_px": 320.0, "cy_px": 240.0} | null,
+      "performer_height_m": 1.78 | null,
       "calibration": {
         "quat_world_from_camera": [w, x, y, z],
         "camera_fit_error_px": 0.8,
@@ -25,6 +26,8 @@ A profile file (``<config dir>/profiles/<name>.json``)::
 Quaternions follow ``vimcan_core.rotations`` (wxyz, ``q_ab`` takes b into a); the frames are those of
 ``vimcan_core.calibration``. Loading checks every field and rejects a wrong or corrupt file with a
 ``ProfileError`` that names the file, the field, what was expected and what to do.
+``performer_height_m`` (optional; absent in files of earlier versions) scales the skeleton to the
+performer's real size (``vimcan_core.body_scale``).
 
 The config folder is ``$VIMCAN_CONFIG_DIR`` when set (tests point it at a temporary folder), else
 ``$XDG_CONFIG_HOME/vimcan-studio``, else ``~/.config/vimcan-studio``. Saving a profile also records it as
@@ -48,7 +51,8 @@ import numpy as np
 
 from vimcan_core.calibration import Calibration, SensorQuality
 from vimcan_core.camera import PinholeCamera
-from vimcan_core.errors import CalibrationError
+from vimcan_core.body_scale import check_height_m
+from vimcan_core.errors import CalibrationError, VimcanError
 from vimcan_core.skeleton import IMU_SITE_NAMES, NUM_IMUS, ImuSite
 
 log = logging.getLogger(__name__)
@@ -96,6 +100,7 @@ class CalibrationProfile:
     devices: tuple[ProfileDevice, ...] = ()
     camera: PinholeCamera | None = None
     camera_device_id: str | None = None
+    performer_height_m: float | None = None  # the person's height (None: unknown, the network's guess is kept)
     created_utc: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(microsecond=0))
     schema_version: int = SCHEMA_VERSION
 
@@ -104,6 +109,12 @@ class CalibrationProfile:
             raise CalibrationError(f"CalibrationProfile.site_devices must have {NUM_IMUS} entries (site order), got {len(self.site_devices)}")
         object.__setattr__(self, "site_devices", tuple(self.site_devices))
         object.__setattr__(self, "devices", tuple(self.devices))
+        if self.performer_height_m is not None:
+            try:
+                height = check_height_m(self.performer_height_m, "CalibrationProfile.performer_height_m")
+            except VimcanError as exc:
+                raise CalibrationError(str(exc)) from None
+            object.__setattr__(self, "performer_height_m", height)
 
     @property
     def assignment(self) -> dict[ImuSite, str]:
@@ -143,6 +154,7 @@ class CalibrationProfile:
             "devices": [{"device_id": d.device_id, "kind": d.kind, "driver": d.driver} for d in self.devices],
             "assignment": {name: self.site_devices[i] for i, name in enumerate(IMU_SITE_NAMES)},
             "camera": cam,
+            "performer_height_m": self.performer_height_m,
             "calibration": {
                 "quat_world_from_camera": _floats(c.quat_world_from_camera),
                 "camera_fit_error_px": _json_float(c.camera_fit_error_px),
@@ -364,9 +376,18 @@ class _Reader:
                                           f"f = {vals['fx_px']}, {vals['fy_px']}")
             camera = PinholeCamera(width_px=w, height_px=h, **vals)
 
+        height = None
+        if data.get("performer_height_m") is not None:  # optional: absent in earlier files
+            height = self.number(data, "performer_height_m", "")
+            try:
+                check_height_m(height)
+            except VimcanError as exc:
+                raise self.fail("performer_height_m", str(exc)) from None
+
         calib = self.calibration(self.get(data, "calibration", "", (dict,)), site_devices)
         return CalibrationProfile(name=name, calibration=calib, site_devices=tuple(site_devices), devices=tuple(devices),
-                                  camera=camera, camera_device_id=camera_id, created_utc=created, schema_version=version)
+                                  camera=camera, camera_device_id=camera_id, performer_height_m=height,
+                                  created_utc=created, schema_version=version)
 
     def calibration(self, c: dict, site_devices: list[str | None]) -> Calibration:
         q_wc = self.vector(c, "quat_world_from_camera", "calibration", 4, unit=True)

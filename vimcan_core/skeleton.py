@@ -155,6 +155,11 @@ PART_IMUS: tuple[tuple[int, ...], ...] = tuple(
 IMU_MIRROR: tuple[int, ...] = (1, 0, 3, 2, 4, 5)
 
 
+#: the ankle joint's height above the floor when standing (the floor is not in the data: the
+#: rest pose, the BVH skeleton, the synthetic webcam and the 3D view all place it this far down)
+ANKLE_ABOVE_FLOOR_M = 0.08
+
+
 @dataclass(frozen=True)
 class RestPose:
     """Bone offsets of a T-pose: ``offsets_m[j]`` is joint j relative to its parent, in metres,
@@ -181,9 +186,9 @@ class RestPose:
         return lengths
 
     def height(self) -> float:
-        """Floor to top of head, metres (ankles are taken as 8 cm above the floor)."""
+        """Floor to top of head, metres (ankles ``ANKLE_ABOVE_FLOOR_M`` above the floor)."""
         pos = self.positions()
-        return float(pos[Joint.HEAD, 1] - min(pos[Joint.LEFT_ANKLE, 1], pos[Joint.RIGHT_ANKLE, 1]) + 0.08)
+        return float(pos[Joint.HEAD, 1] - min(pos[Joint.LEFT_ANKLE, 1], pos[Joint.RIGHT_ANKLE, 1]) + ANKLE_ABOVE_FLOOR_M)
 
     def scaled(self, factor: float) -> "RestPose":
         return RestPose(self.offsets_m * factor)

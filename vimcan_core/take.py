@@ -138,6 +138,7 @@ class TakeMeta:
     model: str | None = None  # what produced the poses (PoseFrame.source)
     backend: str | None = None  # "cpu", "cuda", ...
     camera: dict[str, Any] | None = None  # vimcan_core.camera.PinholeCamera fields
+    performer_height_m: float | None = None  # the poses are scaled to it (vimcan_core.body_scale); None: unknown
     software_version: str = __version__
     notes: str = ""
     error: str | None = None  # why a FAILED take stopped

@@ -2,7 +2,7 @@
 
     vimcan export TAKE [--bvh] [--csv] [--units m|cm] [--order zxy|zyx|...] [--out DIR]
     vimcan export --recover TAKE          # a take interrupted by a crash or a kill
-    vimcan export --resolve TAKE [--checkpoint PATH] [--device cpu|cuda]
+    vimcan export --resolve TAKE [--checkpoint PATH] [--device auto|cpu|cuda] [--height-cm CM]
 
 Without --bvh/--csv/--recover/--resolve, both the BVH and the CSV are written.
 """
@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolve", action="store_true",
                    help="re-run the bidirectional model over the whole take: poses_resolved.csv, take_resolved.bvh")
     p.add_argument("--checkpoint", type=Path, default=None, help="bidirectional weights for --resolve")
-    p.add_argument("--device", default="cpu", help="torch device for --resolve (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device for --resolve: auto (CUDA when available, else the CPU), cpu, cuda")
+    p.add_argument("--height-cm", type=float, default=None,
+                   help="--resolve: the performer's height; the skeleton is scaled to it (default: the height in "
+                        "take.json, from the calibration profile; without one the network's size is kept)")
     p.add_argument("--no-flip", action="store_true",
                    help="--resolve without averaging the mirrored prediction (half the compute, 0.5-1 mm less accurate)")
     p.set_defaults(func=run)
@@ -37,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sensors.export import ExportOptions, PoseSet, ResolveConfig, export_take
+    from vimcan_core.body_scale import check_height_m
     from vimcan_core.bvh.writer import BvhWriterConfig, LengthUnit, RotationOrder
     from vimcan_core.errors import VimcanError
     from vimcan_core.take import recover_take
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     if args.resolve:
         weights = {} if args.checkpoint is None else {"checkpoint": args.checkpoint}  # else the shipped ones
-        config = ResolveConfig(device=args.device, flip=not args.no_flip, **weights)
+        height = None if args.height_cm is None else check_height_m(args.height_cm / 100.0, "--height-cm")
+        config = ResolveConfig(device=args.device, flip=not args.no_flip, performer_height_m=height, **weights)
         out = resolve_take(folder, config=config, bvh_config=bvh_config)
         print(f"re-solved {folder}: wrote {out} and {out.with_name('take_resolved.bvh')}")
         poses = PoseSet.RESOLVED

@@ -19,7 +19,7 @@ from app.views.palette import (
     RIGHT_BONES, RIGHT_RGB, rgbf,
 )
 from vimcan_core.camera import PinholeCamera
-from vimcan_core.skeleton import NUM_JOINTS, Joint
+from vimcan_core.skeleton import ANKLE_ABOVE_FLOOR_M, NUM_JOINTS, Joint
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ WORLD_TO_GL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 BONE_WIDTH_PX = 5.0
 JOINT_SIZE_PX = 9.0
 FRUSTUM_DEPTH_M = 0.5  # how far the drawn frustum reaches in front of the camera
-ANKLE_HEIGHT_M = 0.08  # where the lower ankle stands when a pose has no root position
 FOLLOW_SMOOTHING = 0.15
 VIEW_CENTRE_GL = (0.0, -0.8, 0.9)  # between the performer and the camera, at chest height
 VIEW_DISTANCE_M = 5.2
@@ -39,11 +38,11 @@ VIEW_AZIMUTH_DEG = -32.0  # from the performer's front-left (GL -Y is the facing
 
 def place_on_floor(joints_rel_m: np.ndarray, root_world_m: np.ndarray | None) -> np.ndarray:
     """Root-relative J x 3 joints -> absolute world joints for drawing; without a (finite) root,
-    the lower ankle is put ``ANKLE_HEIGHT_M`` above the floor under the origin."""
+    the lower ankle is put ``ANKLE_ABOVE_FLOOR_M`` above the floor under the origin."""
     joints = np.asarray(joints_rel_m, dtype=np.float64)
     if root_world_m is not None and np.all(np.isfinite(root_world_m)):
         return joints + np.asarray(root_world_m, dtype=np.float64)
-    lift = ANKLE_HEIGHT_M - min(joints[Joint.LEFT_ANKLE, 1], joints[Joint.RIGHT_ANKLE, 1])
+    lift = ANKLE_ABOVE_FLOOR_M - min(joints[Joint.LEFT_ANKLE, 1], joints[Joint.RIGHT_ANKLE, 1])
     return joints + np.array([0.0, lift, 0.0])
 
 

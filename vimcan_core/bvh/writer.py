@@ -65,6 +65,7 @@ from vimcan_core.rotations import (
     quat_to_matrix,
 )
 from vimcan_core.skeleton import (
+    ANKLE_ABOVE_FLOOR_M,
     IMU_JOINT,
     JOINT_NAMES,
     NUM_IMUS,
@@ -258,7 +259,7 @@ def estimate_rest_pose(joints_m: np.ndarray, rest: RestPose | None = None) -> Re
             d_local = np.einsum("tba,tb->ta", ft, joints_m[:, c] - joints_m[:, p])  # T x 3, in the joint's frame
             off[c] = f0 @ np.median(d_local, axis=0)
     legs = [off[h] + off[k] + off[a] for h, k, a in ((1, 2, 3), (4, 5, 6))]
-    off[Joint.PELVIS] = (0.0, 0.08 - min(float(v[1]) for v in legs), 0.0)
+    off[Joint.PELVIS] = (0.0, ANKLE_ABOVE_FLOOR_M - min(float(v[1]) for v in legs), 0.0)
     return RestPose(off)
 
 

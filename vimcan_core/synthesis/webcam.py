@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vimcan_core.camera import PinholeCamera, normalize_keypoints
-from vimcan_core.skeleton import MIRROR, NUM_JOINTS
+from vimcan_core.skeleton import ANKLE_ABOVE_FLOOR_M, MIRROR, NUM_JOINTS
 from vimcan_core.synthesis.noise import KEYPOINT_JOINT_SCALE, KeypointNoise
 
 
@@ -40,7 +40,7 @@ def random_webcam(
     """A webcam placed at random around the motion (T x 17 x 3 world joints); placements that
     see fewer than ``min_inside`` of the joint positions are redrawn (up to ``max_tries``)."""
     centre = joints_world_m[:, 0].mean(axis=0)  # 3
-    floor = float(np.min(joints_world_m[..., 1])) - 0.08  # ankles are about 8 cm above the floor
+    floor = float(np.min(joints_world_m[..., 1])) - ANKLE_ABOVE_FLOOR_M
     cam = None
     for _ in range(max_tries):  # as a user would: move the camera until the performer is in view
         az = np.radians(rng.uniform(*config.azimuth_deg))
