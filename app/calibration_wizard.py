@@ -13,7 +13,8 @@ Pages (``CalibrationWizard.PAGE_*``):
    starts again by itself when someone moved. The calibration is computed in a worker thread.
 5. Check: the live skeleton of the calibrated IMUs next to the camera view, with the quality of
    each sensor and how well each bone agrees with the camera right now.
-6. Save: a named profile (``vimcan_core.calibration_profile``).
+6. Save: a named profile (``vimcan_core.calibration_profile``) with the performer's height, when given
+   (the skeleton is scaled to it: ``vimcan_core.body_scale``).
 
 Nothing blocks the Qt thread: one ``QTimer`` reads the devices' buffers (``read_since``, never
 waiting) and drives the current page; countdowns are deadlines checked by that timer; the
@@ -65,6 +66,7 @@ from vimcan_core.calibration_profile import (
     remember_last_profile,
     save_profile,
 )
+from vimcan_core.body_scale import MAX_HEIGHT_M
 from vimcan_core.camera import PinholeCamera
 from vimcan_core.errors import CalibrationError, VimcanError
 from vimcan_core.performer import PerformerPrompt
@@ -719,12 +721,19 @@ class SavePage(_Page):
     def __init__(self, wizard: "CalibrationWizard") -> None:
         super().__init__(wizard, "6. Save", "Name this calibration; the studio offers the last one at start.")
         self.name = QtWidgets.QLineEdit()
+        self.height = QtWidgets.QSpinBox()  # centimetres; the minimum (0) reads "unknown"
+        self.height.setRange(0, int(round(MAX_HEIGHT_M * 100)))
+        self.height.setSpecialValueText("unknown")
+        self.height.setSuffix(" cm")
+        self.height.setToolTip("The performer's height: the skeleton and the BVH are scaled to it. Unknown: the "
+                               "network guesses the size from the camera and the sensors (a few percent off).")
         self.path_label = QtWidgets.QLabel()
         self.path_label.setWordWrap(True)
         self.error = QtWidgets.QLabel()
         self.error.setWordWrap(True)
         form = QtWidgets.QFormLayout(self)
         form.addRow("Profile name", self.name)
+        form.addRow("Performer height", self.height)
         form.addRow("File", self.path_label)
         form.addRow(self.error)
         self.name.textChanged.connect(self._on_name)
@@ -732,6 +741,8 @@ class SavePage(_Page):
     def initializePage(self) -> None:  # noqa: N802 - Qt override
         if not self.name.text():
             self.name.setText(time.strftime("Calibration %Y-%m-%d %H.%M"))
+        if self.height.value() == 0 and self.w.last_performer_height_m is not None:  # usually the same person
+            self.height.setValue(int(round(self.w.last_performer_height_m * 100)))
         self._on_name(self.name.text())
 
     def _on_name(self, text: str) -> None:
@@ -742,9 +753,14 @@ class SavePage(_Page):
     def isComplete(self) -> bool:  # noqa: N802 - Qt override
         return bool(self.name.text().strip()) and self.w.calibration is not None
 
+    @property
+    def height_m(self) -> float | None:
+        """The height typed in, metres; None when unknown."""
+        return None if self.height.value() == 0 else self.height.value() / 100.0
+
     def validatePage(self) -> bool:  # noqa: N802 - Qt override
         try:
-            self.w.save(self.name.text().strip())
+            self.w.save(self.name.text().strip(), self.height_m)
         except (VimcanError, OSError) as exc:
             self.error.setText(f"<span style='color:{hex_rgb(ERROR_RGB)}'>Not saved: {exc}</span>")
             return False
@@ -863,8 +879,18 @@ class CalibrationWizard(QtWidgets.QWizard):
         return PinholeCamera(width_px=frame.width_px, height_px=frame.height_px, fx_px=f, fy_px=f,
                              cx_px=frame.width_px / 2, cy_px=frame.height_px / 2)
 
-    def save(self, name: str) -> Path:
-        """Save the calibration as profile ``name``, hand it to the pipeline, and emit ``calibrated``."""
+    @property
+    def last_performer_height_m(self) -> float | None:
+        """The height in the last saved profile (None when there is none or it has no height)."""
+        try:
+            path = last_profile_path()
+            return None if path is None else load_profile(path).performer_height_m
+        except VimcanError:
+            return None
+
+    def save(self, name: str, performer_height_m: float | None = None) -> Path:
+        """Save the calibration as profile ``name`` (with the performer's height, metres, when
+        known), hand it to the pipeline, and emit ``calibrated``."""
         if self.calibration is None:
             raise CalibrationError("nothing to save: the calibration has not been computed")
         used = [d for d in self.site_devices if d is not None]
@@ -876,6 +902,7 @@ class CalibrationWizard(QtWidgets.QWizard):
             site_devices=tuple(d.device_id if d is not None else None for d in self.site_devices),
             devices=tuple(devices), camera=self.camera_model,
             camera_device_id=None if self.camera_device is None else self.camera_device.device_id,
+            performer_height_m=performer_height_m,
         )
         self.profile_path = save_profile(profile)
         self.profile = profile

@@ -88,6 +88,7 @@ def build_live_pipeline(settings: StudioSettings, demo: bool = True):
     rig = pipeline.demo
     source = make_pose_source(settings, calibration=rig.true_calibration(), camera=rig.camera_model)
     if source is not None:
+        set_performer_height(source, rig.performer_height_m)  # as a user types it in the wizard
         pipeline.set_pose_source(source)
     return pipeline
 
@@ -157,6 +158,8 @@ def build_hardware_pipeline(settings: StudioSettings):
     calibration = profile.calibration if profile is not None else None
     cam_model = profile.camera if profile is not None else None
     source = make_pose_source(settings, calibration=calibration, camera=cam_model)
+    if source is not None and profile is not None:
+        set_performer_height(source, profile.performer_height_m)
     if source is None:
         raise VimcanError(f"live capture needs the VIMCAN weights ({weights_path(settings)} not usable, see the log); "
                           "run `vimcan-studio --demo` to try the studio without them")
@@ -351,7 +354,8 @@ class StudioRecorder:
         calibration = current_calibration(self._pipeline)
         meta = TakeMeta(name=folder.name, camera=self._camera_dict(), model=self._source_name(),
                         backend=self._backend(), calibration=self._calibration_dict(calibration),
-                        calibration_profile=self.profile_name if calibration is not None else None)
+                        calibration_profile=self.profile_name if calibration is not None else None,
+                        performer_height_m=performer_height_m(self._pipeline))
         sites = {**imu_sites_of(devices), **imu_sites(self._pipeline)}  # the pipeline's own mapping first
         self._recorder = TakeRecorder(folder, self._queue, devices, meta=meta, sites=sites,
                                       on_error=lambda exc: log.error("recording stopped: %s", exc))
@@ -431,6 +435,23 @@ def set_calibration(pipeline, calibration, camera=None) -> bool:
     return True
 
 
+def set_performer_height(pipeline_or_source, height_m: float | None) -> bool:
+    """Scale the live skeleton to ``height_m`` (None: the network's size) when the pose stage is
+    the model; False when it is not (the ground truth has the performer's own size)."""
+    source = getattr(pipeline_or_source, "pose_source", pipeline_or_source)
+    setter = getattr(source, "set_performer_height", None)
+    if not callable(setter):
+        return False
+    setter(height_m)
+    log.info("performer height: %s", "unknown (the network's size)" if height_m is None else f"{height_m:.2f} m")
+    return True
+
+
+def performer_height_m(pipeline) -> float | None:
+    """The height the live poses are scaled to, or None."""
+    return getattr(getattr(pipeline, "pose_source", None), "performer_height_m", None)
+
+
 def current_calibration(pipeline):
     stage = _calibrated_stage(pipeline)
     if stage is None:
@@ -482,6 +503,7 @@ def load_profile_into(pipeline, name: str) -> str:
         log.error("%s", exc)
         return f"{name}: not loaded (see the log)"
     remember_last_profile(paths[0])
+    set_performer_height(pipeline, profile.performer_height_m)
     by_id = {d.device_id: d for d in getattr(pipeline, "imus", {}).values()}
     assignment = {i: by_id[device_id] for i, device_id in enumerate(profile.site_devices) if device_id in by_id}
     if assignment and getattr(pipeline, "demo", None) is None:  # the demo's sensors are strapped where they are

@@ -488,7 +488,8 @@ class MainWindow(QtWidgets.QMainWindow):
             log.error("the calibration wizard is not available: %s", exc)
             return None
         wizard = CalibrationWizard(self.pipeline, self._camera_model(), self, config=config)
-        wizard.calibrated.connect(lambda calibration, path: self._on_calibrated(calibration, path, wizard.assignment))
+        wizard.calibrated.connect(
+            lambda calibration, path: self._on_calibrated(calibration, path, wizard.assignment, wizard.profile))
         rig = getattr(self.pipeline, "demo", None)
         if rig is not None and hasattr(rig, "follow_prompt"):  # the demo performer does what the wizard asks
             wizard.prompted.connect(rig.follow_prompt)
@@ -496,12 +497,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self.wizard = wizard
         return wizard
 
-    def _on_calibrated(self, calibration, profile_path, assignment=None) -> None:
-        from app.live import assign_sites, device_settings, set_calibration
+    def _on_calibrated(self, calibration, profile_path, assignment=None, profile=None) -> None:
+        from app.live import assign_sites, device_settings, set_calibration, set_performer_height
 
         if assignment and not self.options.demo and assign_sites(self.pipeline, assignment):
             self._devices_changed(device_settings(self.pipeline, self.settings))  # the wizard's sites from now on
         used = set_calibration(self.pipeline, calibration, self._camera_model())
+        if profile is not None and (profile.performer_height_m is not None or not self.options.demo):
+            set_performer_height(self.pipeline, profile.performer_height_m)  # the demo keeps its performer's own
         self._update_view_camera()
         name = Path(profile_path).stem if profile_path else "unsaved"
         self.calibration_label.setText(f"calibration: {name}" + ("" if used else " (not used by the ground truth)"))

@@ -95,6 +95,11 @@ class DemoRig:
         """6: the yaw of each simulated IMU's own world frame relative to the performer's world."""
         return np.array([self.imus[s].sim_config.world_heading_deg for s in ImuSite], dtype=np.float64)
 
+    @property
+    def performer_height_m(self) -> float:
+        """The simulated performer's height (what its user would type into the wizard)."""
+        return self.performer.rest.height()
+
     def true_calibration(self) -> "Calibration":
         """The exact ``vimcan_core.calibration.Calibration`` of this rig (what a perfect
         calibration would find): the sensors' mounting and headings, and the camera's pose.

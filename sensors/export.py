@@ -17,7 +17,7 @@ recording and writes ``poses_resolved.csv`` and ``take_resolved.bvh`` beside the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from vimcan_core.take import (
     TAKE_BVH,
     PoseTable,
     RawKind,
+    at_performer_height,
     TakeMeta,
     TakePaths,
     csv_line,
@@ -46,6 +47,7 @@ from vimcan_core.take import (
     read_meta,
     read_poses,
     read_raw,
+    write_meta,
     write_take_bvh,
 )
 
@@ -92,16 +94,17 @@ def export_take(folder: str | Path, options: ExportOptions = ExportOptions()) ->
         write_take_bvh(paths.folder, poses, out_dir / name, options.bvh_config)
         written.append(out_dir / name)
     if options.csv:
-        written.append(_write_world_csv(poses, out_dir, options))
+        written.append(_write_world_csv(poses, out_dir, options, paths.folder))
     return written
 
 
-def _write_world_csv(poses: PoseTable, out_dir: Path, options: ExportOptions) -> Path:
+def _write_world_csv(poses: PoseTable, out_dir: Path, options: ExportOptions, folder: Path) -> Path:
     """joints_world_<u>.csv: time_s, <joint>_x/_y/_z world positions (with the BVH's root
-    trajectory: the recorded one, or the fixed standing root when it is unknown), frame_index."""
+    trajectory: the recorded one, or the fixed standing root when it is unknown; at the
+    performer's height as the BVH), frame_index."""
     units = options.bvh_config.units
     ok = writable_frames(poses.joints_m)
-    rel = poses.joints_m[ok]
+    rel = at_performer_height(folder, poses.joints_m[ok])
     root_known = poses.root_m[ok]
     clip = build_clip(rel, poses.frame_time_s(), root_known if np.any(np.isfinite(root_known)) else None)
     world = (rel - rel[:, :1] + clip.root_m[:, None, :]) * units.per_metre  # T x 17 x 3
@@ -172,7 +175,7 @@ class ResolveConfig:
     flip: bool = True  # average with the mirrored prediction of the mirrored inputs (0.5-1 mm P1, 1.3 mm P2; 2x the compute)
     repair_imus: bool = True  # pair the IMUs again from raw.csv (needs the calibration in take.json)
     max_staleness_s: float = 0.1  # the synchroniser's limit for a usable sample
-    performer_height_m: float | None = None  # scale the skeleton to this height (None: take.json's, if it has one)
+    performer_height_m: float | None = None  # scale the skeleton to this height and store it in take.json (None: take.json's, if any)
 
 
 @dataclass(frozen=True)
@@ -312,8 +315,11 @@ def resolve_take(folder: str | Path, model: Any = None, config: ResolveConfig = 
     elif getattr(getattr(model, "config", None), "streaming", False):
         raise CheckpointError("resolve_take needs a bidirectional model (streaming=False)")
     joints_cam = run_model(model, inputs, config)  # T x 17 x 3
-    height = config.performer_height_m if config.performer_height_m is not None else read_meta(paths.folder).performer_height_m
+    meta = read_meta(paths.folder)
+    height = config.performer_height_m if config.performer_height_m is not None else meta.performer_height_m
     if height is not None:
+        if height != meta.performer_height_m:  # a height given now is the take's from now on (later exports keep it)
+            write_meta(paths.folder, replace(meta, performer_height_m=height))
         joints_cam, factor = scale_to_height(joints_cam, height)
         log.info("%s: skeleton scaled by %.3f to the performer's height of %.2f m", paths.folder, factor, height)
     joints_world = quat_rotate(inputs.q_world_from_camera, joints_cam)

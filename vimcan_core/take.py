@@ -42,6 +42,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from vimcan_core import __version__
+from vimcan_core.body_scale import scale_to_height
 from vimcan_core.bvh.writer import BvhClip, BvhWriterConfig, writable_frames, write_bvh
 from vimcan_core.errors import TakeError
 from vimcan_core.skeleton import IMU_SITE_NAMES, JOINT_NAMES, NUM_IMUS, NUM_JOINTS
@@ -237,6 +238,26 @@ def read_meta(folder: str | Path) -> TakeMeta:
     if not isinstance(d, dict):
         raise TakeError(f"{path}: take.json must hold an object, found {type(d).__name__}")
     return TakeMeta.from_dict(d, str(path))
+
+
+def performer_height_of(folder: str | Path) -> float | None:
+    """The performer's height in take.json (metres), or None: none given, or no readable take.json."""
+    try:
+        return read_meta(folder).performer_height_m
+    except TakeError:
+        return None
+
+
+def at_performer_height(folder: str | Path, joints_m: np.ndarray) -> np.ndarray:
+    """A take's joints (T x 17 x 3) scaled about the root so that the take's BVH skeleton stands as
+    tall as the performer of take.json (unchanged without a height). The live stage scales each
+    frame by a running estimate (``body_scale.LiveHeightScaler``); this makes the whole take exact."""
+    height = performer_height_of(folder)
+    if height is None:
+        return joints_m
+    scaled, factor = scale_to_height(joints_m, height)
+    log.info("%s: skeleton scaled by %.3f to the performer's height of %.2f m", folder, factor, height)
+    return scaled
 
 
 # --------------------------------------------------------------------------------------
@@ -581,7 +602,8 @@ def write_take_bvh(
     """Write the BVH of a take's poses (default: folder/take.bvh). Returns the ``BvhClip``.
 
     Frames with NaN joints are left out; the frame time is the median spacing of the frames
-    unless ``frame_rate_hz`` is given. Raises TakeError when there are no frames."""
+    unless ``frame_rate_hz`` is given; with a performer height in take.json the skeleton stands
+    that tall (``at_performer_height``). Raises TakeError when there are no frames."""
     folder = Path(folder)
     poses = poses if poses is not None else read_poses(folder / POSES_CSV)
     ok = writable_frames(poses.joints_m)
@@ -598,7 +620,7 @@ def write_take_bvh(
     root = poses.root_m[ok] if np.any(np.isfinite(poses.root_m[ok])) else None
     try:
         return write_bvh(
-            Path(out) if out is not None else folder / TAKE_BVH, poses.joints_m[ok], frame_time, root_m=root,
+            Path(out) if out is not None else folder / TAKE_BVH, at_performer_height(folder, poses.joints_m[ok]), frame_time, root_m=root,
             bone_quats_world=poses.bone_quats_world[ok], imu_valid=poses.imu_present[ok], config=config,
         )
     except OSError as exc:

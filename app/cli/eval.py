@@ -9,7 +9,8 @@ Without --checkpoint the shipped weights (resources/models/) are used. With --fu
 (repeatable) several checkpoints, e.g. the fusion ablation's, are compared on the same
 signals and ranked. A bidirectional model's prediction is averaged with the mirrored
 prediction of the mirrored inputs, as the offline re-solve runs it (``--flip``; a streaming
-model is not, as the live studio runs it).
+model is not, as the live studio runs it). ``--known-height`` scales each clip's prediction to
+the performer's true height, as the studio does when the profile holds it (``vimcan_core.body_scale``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", default="auto", choices=("auto", "on", "off"),
                    help="average with the mirrored prediction of the mirrored inputs; auto: on for a "
                         "bidirectional model (as the offline re-solve does), off for a streaming one (as live)")
+    p.add_argument("--known-height", action="store_true",
+                   help="scale each clip's prediction to the true skeleton's height (a performer height typed into the studio)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--names", type=Path, default=None, help="joint-name override JSON for unusual skeletons")
     p.add_argument("--fusion", type=Path, action="append", default=[], metavar="CHECKPOINT",
@@ -47,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def evaluate_checkpoint(path: Path, eval_clips: list, window: int, device: str, flip: str = "auto"):
+def evaluate_checkpoint(path: Path, eval_clips: list, window: int, device: str, flip: str = "auto",
+                        known_height: bool = False):
     """(EvalResult, config, metadata, whether the prediction was flip-averaged)."""
     from vimcan_core.model.checkpoint import load_checkpoint
     from vimcan_core.training.evaluate import evaluate
@@ -55,7 +59,8 @@ def evaluate_checkpoint(path: Path, eval_clips: list, window: int, device: str, 
     model, meta = load_checkpoint(path, device=device)
     streaming = bool(model.config.streaming)
     flipped = flip == "on" or (flip == "auto" and not streaming)
-    return evaluate(model, eval_clips, None if streaming else window, device, flipped), model.config, meta, flipped
+    result = evaluate(model, eval_clips, None if streaming else window, device, flipped, known_height)
+    return result, model.config, meta, flipped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{c}: no such checkpoint; train one with `vimcan train` or pass --checkpoint")
     report: dict = {"bvh": str(args.bvh), "split": args.split, "noise": noise.value, "seed": args.seed, "models": []}
     for path in checkpoints:
-        result, config, _meta, flipped = evaluate_checkpoint(path, eval_clips, args.window, device, args.flip)
+        result, config, _meta, flipped = evaluate_checkpoint(path, eval_clips, args.window, device, args.flip,
+                                                             args.known_height)
         title = (f"{path} ({config.fusion.value}, {'streaming' if config.streaming else 'bidirectional'}, noise {noise.value}, "
-                 f"seed {args.seed}{', flip-averaged' if flipped else ''})")
+                 f"seed {args.seed}{', flip-averaged' if flipped else ''}{', known height' if args.known_height else ''})")
         print(format_table(result, title))
         print()
         report["models"].append({"checkpoint": str(path), "fusion": config.fusion.value, "streaming": config.streaming,
-                                 "flip_averaged": flipped, **result.to_dict()})
+                                 "flip_averaged": flipped, "known_height": args.known_height, **result.to_dict()})
     if len(report["models"]) > 1:
         ranked = sorted(report["models"], key=lambda m: m["p1_mm"])
         print("ranking by P1: " + " < ".join(f"{m['fusion']} ({m['p1_mm']:.1f} mm)" for m in ranked))

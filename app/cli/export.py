@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="bidirectional weights for --resolve")
     p.add_argument("--device", default="auto", help="torch device for --resolve: auto (CUDA when available, else the CPU), cpu, cuda")
     p.add_argument("--height-cm", type=float, default=None,
-                   help="--resolve: the performer's height; the skeleton is scaled to it (default: the height in "
-                        "take.json, from the calibration profile; without one the network's size is kept)")
+                   help="--resolve: the performer's height; the skeleton is scaled to it and take.json keeps it for "
+                        "later exports (default: the height in take.json, from the calibration profile; without one "
+                        "the network's size is kept)")
     p.add_argument("--no-flip", action="store_true",
                    help="--resolve without averaging the mirrored prediction (half the compute, 0.5-1 mm less accurate)")
     p.set_defaults(func=run)

@@ -1,13 +1,15 @@
 """`vimcan record`: record a take headless.
 
     vimcan record --demo --seconds 10 --out DIR [--name NAME] [--notes TEXT]
-    vimcan record --imu SITE=SPEC [--imu SITE=SPEC ...] [--profile PROFILE.json] --seconds 10 --out DIR
+    vimcan record --imu SITE=SPEC [--imu SITE=SPEC ...] [--profile PROFILE.json] [--height-cm CM] --seconds 10 --out DIR
 
 ``--demo`` records the simulated demo rig (six IMUs and a camera on a procedural performer,
 the simulation's ground truth as the pose stage). ``--imu`` records real (or ``sim:``) IMUs
 named by device specs (``sensors.spec``), one per site; without a model on the command line
 the poses are left empty (NaN) and everything measured is kept in raw.csv and inputs.csv, so
 ``vimcan export --resolve TAKE`` can solve it later when ``--profile`` gave the calibration.
+The performer's height (``--height-cm``, else the profile's) goes into take.json; the re-solve
+scales the skeleton to it.
 
 The take goes into a new folder under DIR. Ctrl-C stops early and keeps the take. A full disk
 or a vanished folder stops the recording with a message; what was written stays readable.
@@ -39,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("takes"), help="folder that receives the take folder (default ./takes)")
     p.add_argument("--name", default=None, help="take folder name (default take-YYYYmmdd-HHMMSS)")
     p.add_argument("--notes", default="", help="notes stored in take.json")
+    p.add_argument("--height-cm", type=float, default=None,
+                   help="the performer's height, stored in take.json; --resolve scales the skeleton to it "
+                        "(default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="demo performer seed")
     p.set_defaults(func=run)
 
@@ -46,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sensors.export import calibration_to_dict
     from sensors.recording import RecorderConfig, RecorderState, TakeRecorder, imu_sites_of
+    from vimcan_core.body_scale import check_height_m
     from vimcan_core.errors import VimcanError
     from vimcan_core.take import TakeMeta, new_take_folder
 
@@ -54,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                           "(e.g. --imu pelvis=witmotion:/dev/ttyUSB0@115200; `vimcan devices` lists them)")
     if not args.seconds > 0:
         raise VimcanError(f"--seconds must be positive, got {args.seconds}")
+    height = None if args.height_cm is None else check_height_m(args.height_cm / 100.0, "--height-cm")
     config = RecorderConfig()
     if args.demo:
         from sensors.demo import DemoConfig, build_demo_pipeline
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
             profile = load_profile(args.profile)
             calibration, camera, profile_name = profile.calibration, profile.camera, profile.name
+            height = height if height is not None else profile.performer_height_m
         config = RecorderConfig(write_bvh=False)  # no poses to write until --resolve
     devices = list(pipeline.devices())
     folder = new_take_folder(args.out, args.name)
@@ -80,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         name=folder.name, notes=args.notes, model=pipeline.pose_source.name, backend="cpu",
         camera=None if camera is None else dataclasses.asdict(camera), calibration_profile=profile_name,
         calibration=None if calibration is None else calibration_to_dict(calibration),
+        performer_height_m=height,
     )
     q = pipeline.subscribe(RECORDER_QUEUE_SIZE)
     recorder = TakeRecorder(folder, q, devices, meta=meta, config=config, sites=sites)

@@ -157,6 +157,8 @@ def test_wizard_end_to_end_with_simulated_devices(qtbot, output_dir: Path, confi
         # 6. save under a name
         save = wizard.currentPage()
         save.name.setText("Test rig, seed 3")
+        assert save.height.text() == "unknown"  # no earlier profile: no height offered
+        save.height.setValue(182)
         _shot(wizard, output_dir, "6_save")
         with qtbot.waitSignal(wizard.calibrated, timeout=5000) as signal:
             wizard.button(QtWidgets.QWizard.FinishButton).click()
@@ -167,6 +169,7 @@ def test_wizard_end_to_end_with_simulated_devices(qtbot, output_dir: Path, confi
     assert signal.args[1] == path and path.parent == config_dir / "profiles" and path.name == "test-rig-seed-3.json"
     profile = load_profile(path)
     assert load_last_profile().name == "Test rig, seed 3"
+    assert profile.performer_height_m == pytest.approx(1.82)
     for site in ImuSite:
         assert profile.site_devices[site] == rig.by_site(site).device_id
     truth = np.array([rig.q_bone_from_sensor(s) for s in ImuSite])
@@ -221,6 +224,30 @@ def test_last_profile_is_offered_and_taken(qtbot, config_dir: Path) -> None:
         page.use_last_button.click()
     assert wizard.result() == QtWidgets.QDialog.Accepted and wizard.profile_name == "Yesterday"
     np.testing.assert_allclose(wizard.calibration.q_camera_from_imuworld, calib.q_camera_from_imuworld)
+
+
+def test_save_page_takes_the_performer_height(qtbot, config_dir: Path) -> None:
+    """The last profile's height is offered (usually the same person); a height that is no
+    person's is refused with the reason and nothing is saved; a good one is saved."""
+    camera = PinholeCamera()
+    save_profile(CalibrationProfile("Yesterday", Calibration.identity(camera), (None,) * NUM_IMUS,
+                                    performer_height_m=1.74))
+    wizard = CalibrationWizard([], camera, config=FAST)
+    qtbot.addWidget(wizard)
+    wizard.calibration = Calibration.identity(camera)  # as if the capture had just finished
+    page = wizard.pages[wizard.PAGE_SAVE]
+    page.initializePage()
+    assert page.height.value() == 174 and page.height_m == pytest.approx(1.74)
+    page.name.setText("Today")
+    page.height.setValue(50)
+    assert not page.validatePage()
+    assert "not a performer height" in page.error.text() and "0.5 m" in page.error.text()
+    assert not (config_dir / "profiles" / "today.json").exists()
+    page.height.setValue(0)  # "unknown"
+    assert page.height.text() == "unknown" and page.height_m is None
+    page.height.setValue(191)
+    assert page.validatePage()
+    assert load_profile(config_dir / "profiles" / "today.json").performer_height_m == pytest.approx(1.91)
 
 
 def test_skeleton_sketch_of_a_tpose_is_the_rest_pose_seen_by_the_camera() -> None:

@@ -398,6 +398,8 @@ def test_studio_runs_the_streaming_model_when_weights_are_given(qtbot, tmp_path,
     window.resize(1400, 880)
     window.show()
     assert isinstance(window.pipeline.pose_source, ModelPoseSource)
+    # the demo gives the model its performer's height, as a user types it into the wizard
+    assert window.pipeline.pose_source.performer_height_m == pytest.approx(window.pipeline.demo.performer_height_m)
     window.start()
     qtbot.waitUntil(lambda: window.bridge.stats().frames >= 10, timeout=30000)
     window._refresh_panels()

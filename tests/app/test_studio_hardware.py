@@ -28,15 +28,18 @@ from app.panels.status_panel import InputHealth  # noqa: E402
 from app.settings import PoseSourceChoice  # noqa: E402
 from app.views.palette import CENTER_BONES, LEFT_BONES, RIGHT_BONES  # noqa: E402
 from sensors.protocols import witmotion as wm  # noqa: E402
+from vimcan_core.body_scale import skeleton_height_m  # noqa: E402
+from vimcan_core.bvh.reader import read_bvh  # noqa: E402
 from vimcan_core.performer import Performer  # noqa: E402
 from vimcan_core.rotations import quat_conj, quat_from_axis_angle, quat_mul, quat_rotate  # noqa: E402
-from vimcan_core.skeleton import IMU_JOINT, IMU_SITE_NAMES, NUM_IMUS, ImuSite  # noqa: E402
+from vimcan_core.skeleton import ANKLE_ABOVE_FLOOR_M, IMU_JOINT, IMU_SITE_NAMES, NUM_IMUS, ImuSite  # noqa: E402
 
 #: the sensors' own world is Z up (as WitMotion's): the performer's Y-up world turned +90 deg about X
 Q_ENU_FROM_WORLD = quat_from_axis_angle(np.array([1.0, 0.0, 0.0]), np.pi / 2)
 IMU_RATE_HZ = 60.0
 #: the clip is portrait 720 x 1280 at 5 fps; half size keeps its shape and MediaPipe quick
 CAMERA_SIZE_PX = (360, 640)
+PERFORMER_HEIGHT_M = 1.85  # in the calibration profile: the live skeleton is scaled to it
 
 
 def camera_spec(video: Path) -> str:
@@ -281,11 +284,12 @@ def test_real_drivers_from_no_devices_to_recording(qtbot, tmp_path, output_dir, 
             name="WitMotion rig", calibration=rig.calibration(posed),
             site_devices=tuple(rig.device_id(s) for s in ImuSite),
             devices=tuple(ProfileDevice(rig.device_id(s), "imu", "WitMotionSerialDevice") for s in ImuSite),
-            camera=posed, camera_device_id=window.pipeline.camera.device_id))
+            camera=posed, camera_device_id=window.pipeline.camera.device_id, performer_height_m=PERFORMER_HEIGHT_M))
         window._fill_profiles()
         window.profile_box.setCurrentText(profile_path.stem)  # the toolbar lists profiles by file name
         assert window.profile_box.currentText() == profile_path.stem
         assert "WitMotion rig" in window.calibration_label.text()
+        assert window.pipeline.pose_source.performer_height_m == PERFORMER_HEIGHT_M  # the profile's height
 
         # live inference with the shipped weights: the model runs on the camera and all six IMUs
         def healthy() -> bool:
@@ -340,11 +344,21 @@ def test_real_drivers_from_no_devices_to_recording(qtbot, tmp_path, output_dir, 
     meta = read_meta(folder)
     assert meta.status.value == "complete" and meta.duration_s >= 2.5 and meta.frames >= 5
     assert meta.model == st.source and meta.calibration_profile == profile_path.stem and meta.calibration is not None
+    assert meta.performer_height_m == PERFORMER_HEIGHT_M
     recorded = {d.device_id: d for d in meta.devices}
     for site in ImuSite:
         assert recorded[rig.device_id(site)].site == site.name.lower()
     poses = read_poses(folder / "poses.csv")
     assert poses.num_frames == meta.frames and np.isfinite(poses.joints_m).all()
+    # the live skeleton was scaled to the performer (a running estimate: within a few percent), and
+    # the take's BVH skeleton, read back, stands exactly that tall in its T-pose
+    assert skeleton_height_m(poses.joints_m) == pytest.approx(PERFORMER_HEIGHT_M, rel=0.08)
+    bvh = read_bvh(folder / "take.bvh")
+    rest = np.zeros_like(bvh.offsets)  # the T-pose, joint positions
+    for j, p in enumerate(bvh.parents):
+        rest[j] = bvh.offsets[j] if p < 0 else rest[p] + bvh.offsets[j]
+    standing = rest[:, 1].max() - rest[:, 1].min() + ANKLE_ABOVE_FLOOR_M  # head end site to the ankles' end sites
+    assert standing == pytest.approx(PERFORMER_HEIGHT_M, abs=0.005)
     with open(folder / "raw.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     per_device = {}
@@ -360,4 +374,5 @@ def test_real_drivers_from_no_devices_to_recording(qtbot, tmp_path, output_dir, 
     again = build_hardware_pipeline(settings)
     assert {s: d.device_id for s, d in again.imus.items()} == {s: rig.device_id(s) for s in ImuSite}
     assert again.camera is not None and again.camera.kind == DeviceKind.CAMERA
+    assert again.pose_source.performer_height_m == PERFORMER_HEIGHT_M
     (output_dir / "take.json").write_text((folder / "take.json").read_text())

@@ -92,9 +92,11 @@ def predict_clip(model: nn.Module, clip: EvalClip, window: int | None = 81, devi
 
 
 def evaluate(model: nn.Module, clips: list[EvalClip], window: int | None = 81, device: str | torch.device = "cpu",
-             flip: bool = False) -> EvalResult:
+             flip: bool = False, known_height: bool = False) -> EvalResult:
     """P1 / P2 per clip (mm). The model is put in eval mode and restored afterwards. ``flip``: see
-    ``predict_clip``."""
+    ``predict_clip``; ``known_height``: each clip's prediction is scaled to the height of its true
+    skeleton first (``body_scale.scale_to_height``), as the studio does with a performer height."""
+    from vimcan_core.body_scale import scale_to_height, skeleton_height_m
     from vimcan_core.metrics import mpjpe_mm, p_mpjpe_mm
 
     was_training = model.training
@@ -102,7 +104,10 @@ def evaluate(model: nn.Module, clips: list[EvalClip], window: int | None = 81, d
     results = []
     try:
         for c in clips:
-            pred = torch.from_numpy(predict_clip(model, c, window, device, flip))
+            pred_np = predict_clip(model, c, window, device, flip)  # T x 17 x 3
+            if known_height:
+                pred_np, _ = scale_to_height(pred_np, skeleton_height_m(c.sample.target))
+            pred = torch.from_numpy(pred_np)
             tgt = torch.from_numpy(c.sample.target)
             results.append(ClipResult(c.name, int(tgt.shape[0]), float(mpjpe_mm(pred, tgt)), float(p_mpjpe_mm(pred, tgt))))
     finally:
