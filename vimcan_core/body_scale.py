@@ -29,8 +29,11 @@ MIN_HEIGHT_M = 0.9
 MAX_HEIGHT_M = 2.4
 #: the live scaler measures the skeleton over this many recent frames (10 s at 30 Hz) ...
 LIVE_WINDOW_FRAMES = 300
+#: ... keeping one frame in this many of them (a measurement of 300 frames took ~6 ms, of 150 ~3 ms:
+#: a pause in the pose thread) ...
+LIVE_KEEP_EVERY = 2
 #: ... once every this many frames (the factor changes by well under 1 % between updates)
-LIVE_UPDATE_FRAMES = 15
+LIVE_UPDATE_FRAMES = 30
 
 
 def check_height_m(height_m: float, where: str = "performer height") -> float:
@@ -45,6 +48,19 @@ def check_height_m(height_m: float, where: str = "performer height") -> float:
             "give centimetres divided by 100)"
         )
     return h
+
+
+def height_from_cm(height_cm: float, where: str = "--height-cm") -> float:
+    """A height given in centimetres (a command-line option) -> metres, or a ``VimcanError`` in
+    centimetres naming ``where``."""
+    try:
+        cm = float(height_cm)
+    except (TypeError, ValueError):
+        raise VimcanError(f"{where}: expected a height in centimetres, got {height_cm!r}") from None
+    if not math.isfinite(cm) or not MIN_HEIGHT_M * 100 <= cm <= MAX_HEIGHT_M * 100:
+        raise VimcanError(f"{where}: {cm:g} cm is not a performer height "
+                          f"(expected {MIN_HEIGHT_M * 100:g} to {MAX_HEIGHT_M * 100:g} cm)")
+    return cm / 100.0
 
 
 def skeleton_height_m(joints_m: np.ndarray) -> float:
@@ -84,29 +100,36 @@ def scale_to_height(joints_m: np.ndarray, height_m: float) -> tuple[np.ndarray, 
 class LiveHeightScaler:
     """Frame-by-frame scaling to a known height: ``scaler(joints_17x3) -> scaled joints``.
 
-    The skeleton is measured (``skeleton_height_m``) over the last ``window`` unscaled frames,
-    every ``update_every`` frames; until the first measurement the factor is 1. Owned by one
-    thread (the pose stage); ``reset`` at a new take."""
+    The skeleton is measured (``skeleton_height_m``) over every ``keep_every``-th of the last
+    ``window`` unscaled frames, every ``update_every`` frames; the first frame is measured on its
+    own, so the factor is never left at 1. Owned by one thread (the pose stage); ``reset`` at a new take."""
 
-    def __init__(self, height_m: float, window: int = LIVE_WINDOW_FRAMES, update_every: int = LIVE_UPDATE_FRAMES) -> None:
+    def __init__(self, height_m: float, window: int = LIVE_WINDOW_FRAMES, update_every: int = LIVE_UPDATE_FRAMES,
+                 keep_every: int = LIVE_KEEP_EVERY) -> None:
         self.height_m = check_height_m(height_m)
-        self._frames: deque[np.ndarray] = deque(maxlen=max(1, int(window)))
+        self._keep_every = max(1, int(keep_every))
+        self._frames: deque[np.ndarray] = deque(maxlen=max(1, int(window) // self._keep_every))
         self._update_every = max(1, int(update_every))
         self._since_update = 0
+        self._count = 0
         self.factor = 1.0
 
     def reset(self) -> None:
         self._frames.clear()
         self._since_update = 0
+        self._count = 0
         self.factor = 1.0
 
     def __call__(self, joints_m: np.ndarray) -> np.ndarray:
         """17 x 3 joints (any origin) -> the same scaled about the root by the current factor."""
         joints_m = np.asarray(joints_m, dtype=np.float64)
         if np.all(np.isfinite(joints_m)):
-            self._frames.append(joints_m - joints_m[:1])
+            first = self._count == 0
+            if self._count % self._keep_every == 0:
+                self._frames.append(joints_m - joints_m[:1])
+            self._count += 1
             self._since_update += 1
-            if self._since_update >= self._update_every or len(self._frames) == 1:
+            if first or self._since_update >= self._update_every:
                 self._since_update = 0
                 self.factor = height_factor(self.height_m, skeleton_height_m(np.stack(self._frames)))
         return scale_about_root(joints_m, self.factor)

@@ -42,9 +42,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from vimcan_core import __version__
-from vimcan_core.body_scale import scale_to_height
+from vimcan_core.body_scale import check_height_m, scale_to_height
 from vimcan_core.bvh.writer import BvhClip, BvhWriterConfig, writable_frames, write_bvh
-from vimcan_core.errors import TakeError
+from vimcan_core.errors import TakeError, VimcanError
 from vimcan_core.skeleton import IMU_SITE_NAMES, JOINT_NAMES, NUM_IMUS, NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,15 @@ class TakeMeta:
             d = {k: v for k, v in d.items() if k in known}
             d["status"] = TakeStatus(d.get("status", "recording"))
             d["devices"] = tuple(DeviceRecord(**x) for x in d.get("devices", ()))
-            return TakeMeta(**d)
+            meta = TakeMeta(**d)
         except (TypeError, ValueError) as exc:
             raise TakeError(f"{where}: not a valid take.json ({exc})") from exc
+        if meta.performer_height_m is not None:
+            try:
+                check_height_m(meta.performer_height_m, f"{where}: field 'performer_height_m'")
+            except VimcanError as exc:
+                raise TakeError(f"{exc}; correct it, or remove the field to keep the network's size") from None
+        return meta
 
 
 @dataclass(frozen=True)
@@ -241,11 +247,11 @@ def read_meta(folder: str | Path) -> TakeMeta:
 
 
 def performer_height_of(folder: str | Path) -> float | None:
-    """The performer's height in take.json (metres), or None: none given, or no readable take.json."""
-    try:
-        return read_meta(folder).performer_height_m
-    except TakeError:
+    """The performer's height in take.json (metres), or None: none given, or no take.json (poses
+    written outside a take). A take.json that cannot be read raises ``TakeError``."""
+    if not (Path(folder) / TAKE_JSON).is_file():
         return None
+    return read_meta(folder).performer_height_m
 
 
 def at_performer_height(folder: str | Path, joints_m: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sensors.export import ExportOptions, PoseSet, ResolveConfig, export_take
-    from vimcan_core.body_scale import check_height_m
+    from vimcan_core.body_scale import height_from_cm
     from vimcan_core.bvh.writer import BvhWriterConfig, LengthUnit, RotationOrder
     from vimcan_core.errors import VimcanError
     from vimcan_core.take import recover_take
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     if args.resolve:
         weights = {} if args.checkpoint is None else {"checkpoint": args.checkpoint}  # else the shipped ones
-        height = None if args.height_cm is None else check_height_m(args.height_cm / 100.0, "--height-cm")
+        height = None if args.height_cm is None else height_from_cm(args.height_cm)
         config = ResolveConfig(device=args.device, flip=not args.no_flip, performer_height_m=height, **weights)
         out = resolve_take(folder, config=config, bvh_config=bvh_config)
         print(f"re-solved {folder}: wrote {out} and {out.with_name('take_resolved.bvh')}")

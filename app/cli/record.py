@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sensors.export import calibration_to_dict
     from sensors.recording import RecorderConfig, RecorderState, TakeRecorder, imu_sites_of
-    from vimcan_core.body_scale import check_height_m
+    from vimcan_core.body_scale import height_from_cm
     from vimcan_core.errors import VimcanError
     from vimcan_core.take import TakeMeta, new_take_folder
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                           "(e.g. --imu pelvis=witmotion:/dev/ttyUSB0@115200; `vimcan devices` lists them)")
     if not args.seconds > 0:
         raise VimcanError(f"--seconds must be positive, got {args.seconds}")
-    height = None if args.height_cm is None else check_height_m(args.height_cm / 100.0, "--height-cm")
+    height = None if args.height_cm is None else height_from_cm(args.height_cm)
     config = RecorderConfig()
     if args.demo:
         from sensors.demo import DemoConfig, build_demo_pipeline

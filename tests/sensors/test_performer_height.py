@@ -291,7 +291,7 @@ def test_export_resolve_height_cm(take: Path, capsys: pytest.CaptureFixture) -> 
     for bad in ("20", "1.78", "nan"):  # a child's doll, metres given as centimetres, nothing
         assert main(["export", "--resolve", str(take), "--height-cm", bad]) == 1
         err = capsys.readouterr().err
-        assert "--height-cm" in err and "0.9 to 2.4 m" in err, err
+        assert "--height-cm" in err and "90 to 240 cm" in err, err
     assert not (take / "poses_resolved.csv").exists()  # refused before anything was run or written
     assert read_meta(take).performer_height_m is None
     assert main(["export", "--resolve", str(take), "--height-cm", "190", "--device", "cpu"]) == 0

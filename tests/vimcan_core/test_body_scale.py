@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vimcan_core.body_scale import (
+    LIVE_KEEP_EVERY,
     LIVE_UPDATE_FRAMES,
     LIVE_WINDOW_FRAMES,
     MAX_HEIGHT_M,
@@ -226,16 +227,18 @@ def test_live_scaler_reaches_the_height_after_the_first_window(jumps: Retargeted
     assert factors[0] == pytest.approx(height_factor(1.85, skeleton_height_m(frames[:1])), rel=1e-12)
     # then the factor changes only every LIVE_UPDATE_FRAMES frames
     changes = np.flatnonzero(np.diff(factors) != 0) + 1
-    assert set(changes) <= set(range(LIVE_UPDATE_FRAMES, len(frames), LIVE_UPDATE_FRAMES)) and len(changes) > 20
+    assert set(changes) <= set(range(LIVE_UPDATE_FRAMES, len(frames), LIVE_UPDATE_FRAMES))
+    assert len(changes) > len(frames) // LIVE_UPDATE_FRAMES // 2
     np.testing.assert_array_equal(out[:, 0], frames[:, 0])  # the root stays where it is
 
 
 def test_live_scaler_reset_starts_measuring_again(jumps: RetargetedClip) -> None:
     scaler = LiveHeightScaler(1.7)
-    small = scale_about_root(jumps.joints_world_m[:61], 0.8)  # measured at frames 0, 15, 30, 45, 60
+    small = scale_about_root(jumps.joints_world_m[:61], 0.8)  # measured at frames 0, 30, 60
     for f in small:
         scaler(f)
-    assert scaler.factor == pytest.approx(height_factor(1.7, skeleton_height_m(small)), rel=1e-9)
+    kept = small[::LIVE_KEEP_EVERY]  # every second frame is kept for the measurement
+    assert scaler.factor == pytest.approx(height_factor(1.7, skeleton_height_m(kept)), rel=1e-9)
     assert scaler.factor > 1.15
     scaler.reset()
     assert scaler.factor == 1.0
@@ -354,8 +357,6 @@ def test_take_json_keeps_the_height(tmp_path: Path) -> None:
     assert read_meta(tmp_path).performer_height_m is None
 
 
-@pytest.mark.xfail(strict=True, reason="take.json's performer_height_m is not checked when read: a bad one fails later "
-                                       "with 'performer height: 178 m ...', naming neither the file nor the field")
 @pytest.mark.parametrize("value", [178, "tall"])
 def test_take_json_with_a_bad_height_names_the_file_and_field(tmp_path: Path, value: object) -> None:
     write_meta(tmp_path, TakeMeta(name="t"))
