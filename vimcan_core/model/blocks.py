@@ -19,7 +19,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vimcan_core.errors import VimcanError
-from vimcan_core.model import scan_cpu
+from vimcan_core.model import linear_cpu, scan_cpu
 from vimcan_core.model.config import VimcanConfig
 from vimcan_core.model.scan import ScanBackend, selective_scan
 
@@ -46,6 +46,16 @@ class _InferenceWeights:
     D: Tensor  # kDi
     in_proj: Tensor  # 2Di x C, in_proj's weight (shared storage, not a copy)
     out_proj: Tensor  # C x Di, out_proj's weight (shared storage)
+
+
+def _param_key(params: tuple[Tensor, ...]) -> tuple | None:
+    """What identifies these parameters' current values: storage and version (an optimizer step or
+    ``load_state_dict`` bumps the version, ``.to()`` gives new storage). None for inference tensors
+    (a model built under ``torch.inference_mode``), which keep no version: nothing to cache on."""
+    try:
+        return tuple([(p.data_ptr(), p._version) for p in params])
+    except RuntimeError:
+        return None
 
 
 @lru_cache(maxsize=64)
@@ -150,10 +160,7 @@ class SSMMixer(nn.Module):
         step or ``load_state_dict`` bumps a parameter's version, ``.to()`` gives it new storage."""
         mods = self._modules  # dict reads throughout: nn.Module's attribute lookup is slow on a 17-token step
         params = (*self._parameters.values(), mods["in_proj"]._parameters["weight"], mods["out_proj"]._parameters["weight"])
-        try:
-            key: tuple | None = tuple([(p.data_ptr(), p._version) for p in params])
-        except RuntimeError:  # inference tensors (a model built under torch.inference_mode) keep no version
-            key = None  # nothing to key the cache on: rebuild every call
+        key = _param_key(params)
         if key is not None and self._inference_cache is not None and self._inference_cache[0] == key:
             return self._inference_cache[1]
         k, di, K = self.num_dirs, self.d_inner, self.d_conv
@@ -184,13 +191,20 @@ class SSMMixer(nn.Module):
             return y if order is None else y[:, torch.argsort(torch.tensor(order))]
         w = self._inference_weights()
         Ns, L, C = x.shape
+        xz = F.linear(x, w.in_proj).view(Ns * L, 2 * self.d_inner)  # T x 2Di: x, then the gate z
+        return F.linear(self.infer_between(xz, Ns, L, segments, order), w.out_proj).view(Ns, L, C)
+
+    def infer_between(self, xz: Tensor, rows: int, length: int, segments: tuple[int, ...] | None = None,
+                      order: tuple[int, ...] | None = None) -> Tensor:
+        """``infer`` between the two projections (inference-only path): xz T x 2Di, in_proj's output
+        for ``rows`` x ``length`` tokens (T = rows length) -> T x Di, the gated scan before out_proj."""
+        w = self._inference_weights()
         k, di = self.num_dirs, self.d_inner
-        offsets = _sequence_offsets(Ns, L, segments, order)  # the T = Ns L tokens as sequences
-        xz = F.linear(x, w.in_proj).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
+        offsets = _sequence_offsets(rows, length, segments, order)  # the T tokens as sequences
         u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di, in scan order
         xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N), in scan order
         y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:])  # T x Di, token order
-        return F.linear(y, w.out_proj).view(Ns, L, C)
+        return y
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         """Zero state for ``batch`` sequences (equals the zero padding of the causal conv)."""
@@ -210,17 +224,23 @@ class SSMMixer(nn.Module):
         if not self._fast_path_ok(x):
             return self.step_ref(x, state)
         w = self._inference_weights()
-        Ns, C = x.shape
+        y, state = self.step_between(F.linear(x, w.in_proj), state)  # in_proj: Ns x 2Di, x then the gate z
+        return F.linear(y, w.out_proj), state
+
+    def step_between(self, xz: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
+        """``step`` between the two projections (inference-only path): xz Ns x 2Di, in_proj's output
+        -> Ns x Di, the gated scan before out_proj, and the new state."""
+        w = self._inference_weights()
+        Ns = xz.shape[0]
         di = self.d_inner
         offsets = _sequence_offsets(Ns, 1, None)  # each token its own sequence, one step long
-        xz = F.linear(x, w.in_proj)  # Ns x 2Di: x, then the gate z
         u, conv = scan_cpu.conv_silu(
             xz[:, :di], offsets, w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x Di, Ns x Di x (K - 1)
         xdbl = torch.mm(u[0], w.x_proj_t[0])  # Ns x (R + 2N)
         y, h = scan_cpu.gated_scan(
             u, xdbl[None], offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:], h0=state.ssm, want_last=True,
         )  # Ns x Di, Ns x N x Di
-        return F.linear(y, w.out_proj), SSMState(conv=conv, ssm=h)
+        return y, SSMState(conv=conv, ssm=h)
 
     def step_ref(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """One time step of the causal mixer in plain PyTorch (the reference for ``step``)."""
@@ -266,13 +286,34 @@ def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
 
 #: without gradients, a block's input is processed in slices of about this many elements
 INFERENCE_SLICE_ELEMENTS = 1 << 20
+#: a block on at most this many tokens (a live frame: 17 per person) runs its four linear layers
+#: through ``linear_cpu`` on the CPU; above it MKL's products (multi-threaded) are faster
+FUSED_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class _PackedBlock:
+    """A BiSTSSM block's four linear layers packed for ``linear_cpu`` (derived, never trained)."""
+
+    in_proj: linear_cpu.PackedLinear  # C -> 2Di
+    out_proj: linear_cpu.PackedLinear  # Di -> C
+    fc1: linear_cpu.PackedLinear  # C -> hidden, GELU
+    fc2: linear_cpu.PackedLinear  # hidden -> C
 
 
 class BiSTSSM(nn.Module):
     """The paper's BiSTSSM block (pre-norm, as Mamba/Vim blocks): x + SSM(LN(x)), then x + MLP(LN(x)).
 
     Input and output Ns x L x C. ``bidirectional=False`` gives the causal variant, steppable.
+
+    Without autograd on the CPU in float32, ``infer`` and ``step`` on at most ``FUSED_MAX_TOKENS``
+    tokens (a live frame) run the block's four linear layers through ``linear_cpu`` (weights packed
+    once, LayerNorms, GELU and residuals inside the calls); set ``fused_linear = False`` for
+    ``F.linear`` and separate ops (the same result to rounding).
     """
+
+    #: take the ``linear_cpu`` path for a few tokens when it can run
+    fused_linear: bool = True
 
     def __init__(self, dim: int, config: VimcanConfig, bidirectional: bool = True) -> None:
         super().__init__()
@@ -282,6 +323,7 @@ class BiSTSSM(nn.Module):
         self.mlp = Mlp(dim, config.mlp_ratio, config.dropout)
         self.drop = nn.Dropout(config.dropout)
         self.checkpointing = config.checkpointing
+        self._packed_cache: tuple[tuple | None, _PackedBlock] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
@@ -297,9 +339,43 @@ class BiSTSSM(nn.Module):
         x = x + self.drop(self.mixer(self.norm1(x)))  # Ns x L x C
         return x + self.mlp(self.norm2(x))
 
+    # --- inference on a few tokens: linear layers through linear_cpu -------------------------
+    def _fused_ok(self, x: Tensor, tokens: int) -> bool:
+        return (self.fused_linear and not self.training and tokens <= FUSED_MAX_TOKENS and self.mixer._fast_path_ok(x)
+                and linear_cpu.available(x))
+
+    def _packed(self) -> _PackedBlock:
+        """The four linear layers packed, rebuilt when a weight changed (``_param_key``)."""
+        mixer, mlp = self.mixer, self.mlp
+        params = (mixer.in_proj.weight, mixer.out_proj.weight, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
+        key = _param_key(params)
+        if key is not None and self._packed_cache is not None and self._packed_cache[0] == key:
+            return self._packed_cache[1]
+        packed = _PackedBlock(
+            in_proj=linear_cpu.pack_linear(mixer.in_proj.weight), out_proj=linear_cpu.pack_linear(mixer.out_proj.weight),
+            fc1=linear_cpu.pack_linear(mlp.fc1.weight, mlp.fc1.bias), fc2=linear_cpu.pack_linear(mlp.fc2.weight, mlp.fc2.bias),
+        )
+        self._packed_cache = (key, packed)
+        return packed
+
+    def _fused(self, x: Tensor, between) -> tuple[Tensor, object]:
+        """The block on x T x C with ``between`` (the mixer from in_proj's output to before out_proj,
+        returning T x Di and anything else): four ``linear_cpu`` calls around it, LayerNorms,
+        GELU and residuals inside them."""
+        p = self._packed()
+        xz = linear_cpu.linear(x, p.in_proj, norm=self.norm1)  # T x 2Di
+        y, extra = between(xz)  # T x Di
+        x = linear_cpu.linear(y, p.out_proj, residual=x)  # T x C
+        h = linear_cpu.linear(x, p.fc1, norm=self.norm2, gelu=True)  # T x hidden
+        return linear_cpu.linear(h, p.fc2, residual=x), extra
+
     def infer(self, x: Tensor, segments: tuple[int, ...] | None = None, order: tuple[int, ...] | None = None) -> Tensor:
         """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``:
         each row's tokens scanned in ``order``, as ``segments`` scanned separately)."""
+        Ns, L, C = x.shape
+        if self._fused_ok(x, Ns * L):
+            y, _ = self._fused(x.reshape(Ns * L, C), lambda xz: (self.mixer.infer_between(xz, Ns, L, segments, order), None))
+            return y.view(Ns, L, C)
         y = self.mixer.infer(_layer_norm(self.norm1, x), segments, order)  # Ns x L x C
         x = x + (self.drop(y) if self.training else y)
         return x + self.mlp.infer(_layer_norm(self.norm2, x))
@@ -309,6 +385,8 @@ class BiSTSSM(nn.Module):
 
     def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """x Ns x C (one time step) -> Ns x C, new state."""
+        if self.mixer.num_dirs == 1 and self._fused_ok(x, x.shape[0]):
+            return self._fused(x, lambda xz: self.mixer.step_between(xz, state))
         y, state = self.mixer.step(_layer_norm(self.norm1, x), state)
         x = x + (self.drop(y) if self.training else y)
         return x + self.mlp.infer(_layer_norm(self.norm2, x)), state

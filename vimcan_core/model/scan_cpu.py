@@ -18,8 +18,9 @@ Same semantics and argument shapes as ``scan._ChunkedScan``: u, delta b x d x l;
 B, C b x g x n x l; h0 b x d x n -> y b x d x l, last b x d x n; delta_bias (d) and softplus are
 applied by the kernel itself when given (``KernelScan``).
 
-The same library holds the training conv + SiLU (``KernelConvSilu``) and the inference-only
-kernels of a mixer (``conv_silu``, ``gated_scan``: channel-last tokens, cut into sequences).
+The same library holds the training conv + SiLU (``KernelConvSilu``), the inference-only
+kernels of a mixer (``conv_silu``, ``gated_scan``: channel-last tokens, cut into sequences) and
+the live step's linear layers (``linear_cpu``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ static void prep_delta_SUF(REAL* dT, const REAL* dbias, long c0, long w, long l,
             #pragma omp simd
             for (long j = 0; j < LANES; j++) {
                 REAL v = dt[j] + bl[j];
-                dt[j] = keep[j] * (v > 20 ? v : LOG1P(EXP(v)));
+                dt[j] = keep[j] * SOFTPLUS(v);
             }
         } else {
             #pragma omp simd
@@ -364,7 +365,7 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
                     }
                     #pragma omp simd
                     for (long c = 0; c < d; c++) {
-                        delta[c] = delta[c] > 20 ? delta[c] : LOG1P(EXP(delta[c]));
+                        delta[c] = SOFTPLUS(delta[c]);
                         du[c] = delta[c] * ut[c];
                         acc[c] = Dk[c] * ut[c];
                     }
@@ -490,14 +491,29 @@ static inline float fast_expf(float x) {
     union { float f; int i; } scale = { .i = ((int)k + 127) << 23 };   /* 2^k */
     return p * scale.f;
 }
+
+/* softplus with torch's threshold: x above 20, else log(1 + exp(x)) = max(x, 0) + log(1 + e),
+   e = exp(-|x|) in (0, 1], and log(w) for w = 1 + e in (1, 2] as 2 atanh(s), s = (w - 1) / (w + 1)
+   <= 1/3, by its series to s^11 (relative error below 1e-7). Inlined: libm's log1pf is a call per
+   value, which kept the delta loops from vectorising (most of a live step's scan time) */
+static inline float fast_softplusf(float x) {
+    float e = fast_expf(-fabsf(x));
+    float s = e / (2.0f + e), s2 = s * s;
+    float lg = 2.0f * s * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9 + s2 * (1.0f / 11))))));
+    return x > 20.0f ? x : (x > 0.0f ? x : 0.0f) + lg;
+}
+
+static inline double softplus_f64(double x) { return x > 20.0 ? x : log1p(exp(x)); }
 """
 
 
 def _source() -> str:
-    parts = [_HEADER, f"#define MAXN {MAX_STATE}\n#define LANES {LANES}\n", _FAST_EXP_F32]
-    for real, suf, exp, log1p in (("float", "f32", "fast_expf", "log1pf"), ("double", "f64", "exp", "log1p")):
+    from vimcan_core.model.linear_cpu import LINEAR_SOURCE  # the live step's small products (float32 only)
+
+    parts = [_HEADER, f"#define MAXN {MAX_STATE}\n#define LANES {LANES}\n", _FAST_EXP_F32, LINEAR_SOURCE]
+    for real, suf, exp, softplus in (("float", "f32", "fast_expf", "fast_softplusf"), ("double", "f64", "exp", "softplus_f64")):
         for template in (_TEMPLATE, _CONV_TEMPLATE, _INFER_TEMPLATE):
-            parts.append(template.replace("REAL", real).replace("SUF", suf).replace("EXP", exp).replace("LOG1P", log1p))
+            parts.append(template.replace("REAL", real).replace("SUF", suf).replace("EXP", exp).replace("SOFTPLUS", softplus))
     return "".join(parts)
 
 
