@@ -328,20 +328,26 @@ void vconv_silu_SUF(const REAL* x, long x_row_stride, const long* seg, const lon
     }
 }
 
-void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REAL* dt_bias, const REAL* At,
+int vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REAL* dt_bias, const REAL* At,
                      const REAL* D, const REAL* z, long z_row_stride, const long* seg, const long* tok, const REAL* h0,
                      REAL* hlast, REAL* y, long s, long k, long T, long d, long n, long r, int nthreads) {
     long m = r + 2 * n;  /* x_proj output per token: dt_low (r), B (n), C (n) */
+    int failed = 0;   /* 1: a thread could not allocate its scratch (returned) */
     #pragma omp parallel num_threads(nthreads)
     {
         /* a state h, state-major n x d (as h0 and hlast), so that every loop below runs over
            channels: no horizontal sums; then delta, delta u and the token's output */
         REAL* scratch = (REAL*)malloc(sizeof(REAL) * (n * d + 3 * d));
+        if (!scratch) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         REAL* delta = scratch + n * d;
         REAL* du = delta + d;
         REAL* acc = du + d;
         #pragma omp for schedule(static)
         for (long si = 0; si < s; si++) {
+            if (!scratch) continue;
             long t0 = seg[si], l = seg[si + 1] - seg[si];
             for (long t = 0; t < l; t++)   /* y accumulates the directions */
                 for (long c = 0; c < d; c++) y[ROW(t0 + t) * d + c] = 0;
@@ -394,6 +400,7 @@ void vgated_scan_SUF(const REAL* u, const REAL* xdbl, const REAL* wdt, const REA
         }
         free(scratch);
     }
+    return failed;
 }
 """
 
@@ -424,17 +431,24 @@ void vcconv_silu_fwd_SUF(const REAL* x, const REAL* w, const REAL* bias, REAL* y
     }
 }
 
-/* gw (d x kw) and gb (d) are written here (not accumulated into) */
-void vcconv_silu_bwd_SUF(const REAL* x, const REAL* w, const REAL* bias, const REAL* gy, REAL* gx, REAL* gw, REAL* gb,
-                         long rows, long d, long l, long kw, int nthreads) {
+/* gw (d x kw) and gb (d) are written here (not accumulated into). Returns 0, or 1 when out of memory. */
+int vcconv_silu_bwd_SUF(const REAL* x, const REAL* w, const REAL* bias, const REAL* gy, REAL* gx, REAL* gw, REAL* gb,
+                        long rows, long d, long l, long kw, int nthreads) {
     REAL* part = (REAL*)calloc((size_t)nthreads * d * (kw + 1), sizeof(REAL));   /* per thread: gw, then gb */
+    if (!part) return 1;
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         REAL* pre = (REAL*)malloc(sizeof(REAL) * l);
+        if (!pre) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         REAL* gw_t = part + (size_t)omp_get_thread_num() * d * (kw + 1);
         REAL* gb_t = gw_t + d * kw;
         #pragma omp for schedule(static)
         for (long row = 0; row < rows; row++) {
+            if (!pre) continue;
             long c = row % d;
             const REAL* xr = x + row * l;
             const REAL* gyr = gy + row * l;
@@ -472,6 +486,7 @@ void vcconv_silu_bwd_SUF(const REAL* x, const REAL* w, const REAL* bias, const R
         for (long i = 0; i < d; i++) gb[i] += pt[d * kw + i];
     }
     free(part);
+    return failed;
 }
 """
 
@@ -571,6 +586,8 @@ def load_kernel() -> ctypes.CDLL | None:
         getattr(lib, f"vgated_scan_{suf}").argtypes = [p] * 7 + [i64] + [p] * 5 + [i64] * 6 + [i32]
         getattr(lib, f"vcconv_silu_fwd_{suf}").argtypes = [p] * 4 + [i64] * 4 + [i32]
         getattr(lib, f"vcconv_silu_bwd_{suf}").argtypes = [p] * 7 + [i64] * 4 + [i32]
+        getattr(lib, f"vcconv_silu_bwd_{suf}").restype = i32
+        getattr(lib, f"vgated_scan_{suf}").restype = i32
     return lib
 
 
@@ -670,8 +687,9 @@ class KernelConvSilu(torch.autograd.Function):
         ns, d, l = x.shape
         gy = gy.contiguous()
         gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
-        _typed(lib, "vcconv_silu_bwd", x.dtype)(_ptr(x), _ptr(weight), _ptr(bias), _ptr(gy), _ptr(gx), _ptr(gw), _ptr(gb),
-                                                 ns * d, d, l, weight.shape[-1], torch.get_num_threads())
+        _check_memory(_typed(lib, "vcconv_silu_bwd", x.dtype)(
+            _ptr(x), _ptr(weight), _ptr(bias), _ptr(gy), _ptr(gx), _ptr(gw), _ptr(gb), ns * d, d, l, weight.shape[-1],
+            torch.get_num_threads()), "conv backward", x)
         return gx, gw, gb
 
 
@@ -835,10 +853,10 @@ def gated_scan(u: Tensor, xdbl: Tensor, offsets: Sequences, dt_proj_t: Tensor, d
     h0 = None if h0 is None else h0.contiguous()
     y = u.new_empty(T, d)
     last = u.new_empty(s, n, d) if want_last else None
-    _typed(lib, "vgated_scan", u.dtype)(
+    _check_memory(_typed(lib, "vgated_scan", u.dtype)(
         _ptr(u), _ptr(xdbl), _ptr(dt_proj_t), _ptr(dt_bias), _ptr(A_t), _ptr(D), _ptr(z), z_row_stride,
         _ptr(offsets.offsets), _ptr(offsets.order), _ptr(h0), _ptr(last), _ptr(y), s, k, T, d, n, r, torch.get_num_threads(),
-    )
+    ), "gated scan", u)
     return y, last
 
 
