@@ -285,6 +285,18 @@ def model_of(pipeline, settings: StudioSettings) -> str:
     return f"{weights_path(settings).name} ({mode}, {n / 1e3:.0f}k parameters)"
 
 
+def body_size_text(source) -> str:
+    """How big the live skeleton is drawn, for the status panel: the performer's height and the
+    scale applied to the network's skeleton, or that the network's own guess is used."""
+    if not hasattr(source, "set_performer_height"):
+        return "–"
+    height = getattr(source, "performer_height_m", None)
+    if height is None:
+        return "the network's guess (no performer height in the profile)"
+    scale = getattr(source, "performer_scale", None)
+    return f"performer {height:.2f} m" + ("" if scale is None else f" (network x {scale:.2f})")
+
+
 def backend_of(pipeline) -> str:
     """Where the pose source runs, for the status panel ("cpu", "cuda:0 (mamba_ssm)", or why none)."""
     source = getattr(pipeline, "pose_source", None)

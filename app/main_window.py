@@ -435,7 +435,7 @@ class MainWindow(QtWidgets.QMainWindow):
         b = self.bridge.stats()
         pstats = self.pipeline.stats() if self.pipeline is not None else None
         dropped = int(pstats.frames_dropped) if pstats is not None else 0
-        from app.live import backend_of, model_of
+        from app.live import backend_of, body_size_text, model_of
 
         backend = backend_of(self.pipeline)
         source = self.pipeline.pose_source
@@ -444,7 +444,8 @@ class MainWindow(QtWidgets.QMainWindow):
         model = self._model_text[1]
         pose = self._last_pose
         if pose is None:
-            return InferenceStatus(backend=backend, model=model, dropped_frames=dropped)
+            return InferenceStatus(backend=backend, model=model, dropped_frames=dropped,
+                                   body_size=body_size_text(self.pipeline.pose_source))
         health, detail = input_health(pose, self._last_synced)
         source_says = getattr(self.pipeline.pose_source, "status_message", None)  # the model stage's own words
         if health != InputHealth.ALL and source_says:
@@ -454,6 +455,7 @@ class MainWindow(QtWidgets.QMainWindow):
             health, detail = InputHealth.FROZEN, f"no pose for {age:.0f} s: pose frozen (are the devices connected?)"
         is_model = "ground truth" not in pose.source.lower()
         return InferenceStatus(
+            body_size=body_size_text(self.pipeline.pose_source) if is_model else "the performer's own (ground truth)",
             source=pose.source, is_model=is_model, backend=backend, model=model, poses_per_s=b.poses_per_s,
             latency_median_ms=b.latency_median_ms, latency_p95_ms=b.latency_p95_ms, dropped_frames=dropped,
             ui_skipped_frames=b.gaps,

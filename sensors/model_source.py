@@ -154,6 +154,12 @@ class ModelPoseSource:
         scaler = self._scaler
         return None if scaler is None else scaler.height_m
 
+    @property
+    def performer_scale(self) -> float | None:
+        """The factor the network's skeleton is scaled by now (None: no height given)."""
+        scaler = self._scaler
+        return None if scaler is None else scaler.factor
+
     def set_performer_height(self, height_m: float | None) -> None:
         """Scale the poses so that the skeleton is ``height_m`` tall (``vimcan_core.body_scale``;
         None: keep the network's guess). One attribute is replaced, read once per frame."""

@@ -42,6 +42,7 @@ class InferenceStatus:
     health: InputHealth = InputHealth.WAITING
     health_detail: str = ""  # e.g. "camera lost: running on IMUs (lower confidence)"
     confidence: float | None = None
+    body_size: str = "–"  # e.g. "performer 1.78 m (network x 1.06)" or "the network's guess (no height given)"
 
 
 #: below this mean keypoint confidence the camera sees nobody (frames still arrive)
@@ -133,7 +134,7 @@ class StatusPanel(QtWidgets.QWidget):
         form.setHorizontalSpacing(14)
         top_left = QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignTop  # each title level with its value
         for key, title in (("model", "Model"), ("backend", "Backend"), ("rate", "Poses / s"), ("latency", "Latency"),
-                           ("dropped", "Dropped frames"), ("inputs", "Inputs")):
+                           ("dropped", "Dropped frames"), ("size", "Body size"), ("inputs", "Inputs")):
             label = WrappingLabel("–", min_lines=INPUTS_LINES if key == "inputs" else 1)
             label.setAlignment(top_left)
             self._values[key] = label
@@ -172,6 +173,7 @@ class StatusPanel(QtWidgets.QWidget):
         skipped = f"  (window skipped {status.ui_skipped_frames})" if status.ui_skipped_frames else ""
         v["dropped"].setText(f"{status.dropped_frames}{skipped}")
         v["dropped"].setStyleSheet(f"color: {hex_rgb(WARN_RGB)};" if status.dropped_frames else "")
+        v["size"].setText(status.body_size)
         detail = status.health_detail or status.health.value
         if status.confidence is not None and status.health != InputHealth.WAITING:
             detail += f" · confidence {status.confidence:.2f}"

@@ -409,6 +409,9 @@ def test_studio_runs_the_streaming_model_when_weights_are_given(qtbot, tmp_path,
     assert st.model.startswith(ckpt.name) and "streaming" in st.model and "parameters" in st.model
     assert "not the model" not in window.status_panel.source_label.text()
     assert st.dropped_frames == window.pipeline.stats().frames_dropped
+    height = window.pipeline.demo.performer_height_m
+    assert st.body_size.startswith(f"performer {height:.2f} m (network x ")  # the scale in use, shown
+    assert window.status_panel._values["size"].text() == st.body_size
     img, joints = grab_with_joints(window)
     assert joints is not None and np.all(np.isfinite(joints))
     if ckpt == SHIPPED_WEIGHTS:  # trained weights: a body, drawn where its joints project
