@@ -293,12 +293,18 @@ FUSED_MAX_TOKENS = 256
 
 @dataclass(frozen=True)
 class _PackedBlock:
-    """A BiSTSSM block's four linear layers packed for ``linear_cpu`` (derived, never trained)."""
+    """A BiSTSSM block's weights as ``linear_cpu.block_function`` takes them (derived, never
+    trained): the argument groups of the call, as pointers, and the tensors they point into."""
 
-    in_proj: linear_cpu.PackedLinear  # C -> 2Di
-    out_proj: linear_cpu.PackedLinear  # Di -> C
-    fc1: linear_cpu.PackedLinear  # C -> hidden, GELU
-    fc2: linear_cpu.PackedLinear  # hidden -> C
+    tensors: tuple[Tensor, ...]  # keeps the packed and derived weights alive while the pointers are used
+    head: tuple  # LayerNorm 1 (weight, bias, eps), packed in_proj, Di
+    conv: tuple  # conv weight (tap-major), bias, width
+    scan: tuple  # packed x_proj of each direction, dt rank, N, dt_proj_t, dt_bias, A_t, D
+    tail: tuple  # packed out_proj, LayerNorm 2, packed fc1, its bias, hidden width, packed fc2, its bias
+    k: int  # directions
+    di: int
+    n: int
+    kw: int
 
 
 class BiSTSSM(nn.Module):
@@ -324,6 +330,7 @@ class BiSTSSM(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.checkpointing = config.checkpointing
         self._packed_cache: tuple[tuple | None, _PackedBlock] | None = None
+        self._block_params: tuple[nn.Parameter, ...] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
@@ -339,42 +346,70 @@ class BiSTSSM(nn.Module):
         x = x + self.drop(self.mixer(self.norm1(x)))  # Ns x L x C
         return x + self.mlp(self.norm2(x))
 
-    # --- inference on a few tokens: linear layers through linear_cpu -------------------------
+    # --- inference on a few tokens: the whole block in one kernel call -------------------------
     def _fused_ok(self, x: Tensor, tokens: int) -> bool:
         return (self.fused_linear and not self.training and tokens <= FUSED_MAX_TOKENS and self.mixer._fast_path_ok(x)
                 and linear_cpu.available(x))
 
     def _packed(self) -> _PackedBlock:
-        """The four linear layers packed, rebuilt when a weight changed (``_param_key``)."""
-        mixer, mlp = self.mixer, self.mlp
-        params = (mixer.in_proj.weight, mixer.out_proj.weight, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
+        """Every weight of the block as the block kernel takes it, rebuilt when a parameter changed
+        (``_param_key``: storage and version of all of them)."""
+        params = self._block_params
+        if params is None:  # the parameter objects stay the same (load_state_dict and .to() change their data)
+            params = self._block_params = tuple(self.parameters())
         key = _param_key(params)
         if key is not None and self._packed_cache is not None and self._packed_cache[0] == key:
             return self._packed_cache[1]
+        mixer, mlp = self.mixer, self.mlp
+        w = mixer._inference_weights()
+        k, di, n, r = mixer.num_dirs, mixer.d_inner, mixer.d_state, mixer.dt_rank
+        with torch.no_grad():
+            w_in, w_out = linear_cpu.pack_linear(mixer.in_proj.weight), linear_cpu.pack_linear(mixer.out_proj.weight)
+            fc1, fc2 = linear_cpu.pack_linear(mlp.fc1.weight, mlp.fc1.bias), linear_cpu.pack_linear(mlp.fc2.weight, mlp.fc2.bias)
+            w_x = torch.cat([linear_cpu.pack_linear(mixer.x_proj_weight[d]).panels.reshape(-1) for d in range(k)])
+        n1, n2 = self.norm1, self.norm2
+        tensors = (w.conv_weight, w.conv_bias, w.dt_proj_t, w.dt_bias, w.A_t, w.D, w_in.panels, w_out.panels, fc1.panels,
+                   fc1.bias, fc2.panels, fc2.bias, w_x, n1.weight, n1.bias, n2.weight, n2.bias)
         packed = _PackedBlock(
-            in_proj=linear_cpu.pack_linear(mixer.in_proj.weight), out_proj=linear_cpu.pack_linear(mixer.out_proj.weight),
-            fc1=linear_cpu.pack_linear(mlp.fc1.weight, mlp.fc1.bias), fc2=linear_cpu.pack_linear(mlp.fc2.weight, mlp.fc2.bias),
+            tensors=tensors,
+            head=(n1.weight.data_ptr(), n1.bias.data_ptr(), n1.eps, w_in.panels_ptr, di),
+            conv=(w.conv_weight.data_ptr(), w.conv_bias.data_ptr(), mixer.d_conv),
+            scan=(w_x.data_ptr(), r, n, w.dt_proj_t.data_ptr(), w.dt_bias.data_ptr(), w.A_t.data_ptr(), w.D.data_ptr()),
+            tail=(w_out.panels_ptr, n2.weight.data_ptr(), n2.bias.data_ptr(), n2.eps, fc1.panels_ptr, fc1.bias_ptr,
+                  fc1.out_features, fc2.panels_ptr, fc2.bias_ptr),
+            k=k, di=di, n=n, kw=mixer.d_conv,
         )
         self._packed_cache = (key, packed)
         return packed
 
-    def _fused(self, x: Tensor, between) -> tuple[Tensor, object]:
-        """The block on x T x C with ``between`` (the mixer from in_proj's output to before out_proj,
-        returning T x Di and anything else): four ``linear_cpu`` calls around it, LayerNorms,
-        GELU and residuals inside them."""
+    def _fused(self, x: Tensor, offsets: scan_cpu.Sequences, hist: Tensor | None = None, h0: Tensor | None = None,
+               want_state: bool = False) -> tuple[Tensor, SSMState | None]:
+        """The whole block on x T x C (the tokens cut into ``offsets``' sequences) in one kernel call;
+        ``hist`` / ``h0``: a stream's carried state (one direction), ``want_state``: return the next."""
         p = self._packed()
-        xz = linear_cpu.linear(x, p.in_proj, norm=self.norm1)  # T x 2Di
-        y, extra = between(xz)  # T x Di
-        x = linear_cpu.linear(y, p.out_proj, residual=x)  # T x C
-        h = linear_cpu.linear(x, p.fc1, norm=self.norm2, gelu=True)  # T x hidden
-        return linear_cpu.linear(h, p.fc2, residual=x), extra
+        T, C = x.shape
+        x = x.contiguous()
+        out = x.new_empty(T, C)
+        s = offsets.count
+        new_hist = x.new_empty(s, p.di, p.kw - 1) if want_state else None
+        hlast = x.new_empty(s, p.n, p.di) if want_state else None
+        order = offsets.order
+        status = linear_cpu.block_function()(
+            x.data_ptr(), T, C, *p.head, p.k, offsets.offsets.data_ptr(), None if order is None else order.data_ptr(), s,
+            *p.conv, None if hist is None else hist.contiguous().data_ptr(), None if new_hist is None else new_hist.data_ptr(),
+            *p.scan, None if h0 is None else h0.contiguous().data_ptr(), None if hlast is None else hlast.data_ptr(),
+            *p.tail, out.data_ptr(), torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError(f"the BiSTSSM block kernel could not allocate its buffers ({T} tokens x {C})")
+        return out, (SSMState(conv=new_hist, ssm=hlast) if want_state else None)
 
     def infer(self, x: Tensor, segments: tuple[int, ...] | None = None, order: tuple[int, ...] | None = None) -> Tensor:
         """``forward`` without autograd, through the mixer's inference-only path (``SSMMixer.infer``:
         each row's tokens scanned in ``order``, as ``segments`` scanned separately)."""
         Ns, L, C = x.shape
         if self._fused_ok(x, Ns * L):
-            y, _ = self._fused(x.reshape(Ns * L, C), lambda xz: (self.mixer.infer_between(xz, Ns, L, segments, order), None))
+            y, _ = self._fused(x.reshape(Ns * L, C), _sequence_offsets(Ns, L, segments, order))
             return y.view(Ns, L, C)
         y = self.mixer.infer(_layer_norm(self.norm1, x), segments, order)  # Ns x L x C
         x = x + (self.drop(y) if self.training else y)
@@ -386,7 +421,7 @@ class BiSTSSM(nn.Module):
     def step(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """x Ns x C (one time step) -> Ns x C, new state."""
         if self.mixer.num_dirs == 1 and self._fused_ok(x, x.shape[0]):
-            return self._fused(x, lambda xz: self.mixer.step_between(xz, state))
+            return self._fused(x, _sequence_offsets(x.shape[0], 1, None), state.conv, state.ssm, want_state=True)
         y, state = self.mixer.step(_layer_norm(self.norm1, x), state)
         x = x + (self.drop(y) if self.training else y)
         return x + self.mlp.infer(_layer_norm(self.norm2, x)), state

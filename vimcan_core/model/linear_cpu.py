@@ -136,6 +136,41 @@ int vlinear_f32(const float* x, long M, long K, const float* Wp, long N, const f
 """
 
 
+#: a whole BiSTSSM block in one call (``blocks.BiSTSSM``'s fused path), compiled after the
+#: inference kernels (``vconv_silu_f32``, ``vgated_scan_f32``) whose definitions it calls
+BLOCK_SOURCE = r"""
+/* One BiSTSSM block on T tokens, inference, float32: x1 = x + out_proj(mixer(LN1 x)), out = x1 +
+   fc2(GELU(fc1(LN2 x1))), the mixer being in_proj -> conv + SiLU -> x_proj -> gated scan (k
+   directions, the sequences seg / tok as vconv_silu / vgated_scan take them, hist / h0 the carried
+   state of one direction, new_hist / hlast where the next one goes, or NULL). Weights packed for
+   vlinear_f32: w_in (2 di x C), w_x (k of them, m x di each, one after the other), w_out (C x di),
+   w_fc1 (hidden x C), w_fc2 (C x hidden). Returns 1 when out of memory. */
+int vblock_f32(const float* x, long T, long C, const float* ln1_w, const float* ln1_b, float eps1,
+               const float* w_in, long di, long k, const long* seg, const long* tok, long s,
+               const float* conv_w, const float* conv_b, long kw, const float* hist, float* new_hist,
+               const float* w_x, long r, long n, const float* dt_proj_t, const float* dt_bias, const float* A_t,
+               const float* D, const float* h0, float* hlast, const float* w_out,
+               const float* ln2_w, const float* ln2_b, float eps2, const float* w_fc1, const float* b_fc1, long hidden,
+               const float* w_fc2, const float* b_fc2, float* out, int nthreads) {
+    long m = r + 2 * n, panel_x = (m + LIN_NR - 1) / LIN_NR * LIN_NR * di;
+    float* buf = (float*)malloc(sizeof(float) * (size_t)(T * 2 * di + k * T * di + k * T * m + T * di + T * C + T * hidden));
+    if (!buf) return 1;
+    float *xz = buf, *u = xz + T * 2 * di, *xdbl = u + k * T * di, *y = xdbl + k * T * m, *x1 = y + T * di, *h = x1 + T * C;
+    int st = vlinear_f32(x, T, C, w_in, 2 * di, 0, ln1_w, ln1_b, eps1, 0, 0, xz);     /* x, then the gate z */
+    if (!st) vconv_silu_f32(xz, 2 * di, seg, tok, hist, conv_w, conv_b, u, new_hist, s, k, T, di, kw, nthreads);
+    for (long dir = 0; dir < k && !st; dir++)
+        st = vlinear_f32(u + dir * T * di, T, di, w_x + dir * panel_x, m, 0, 0, 0, 0.0f, 0, 0, xdbl + dir * T * m);
+    if (!st) st = vgated_scan_f32(u, xdbl, dt_proj_t, dt_bias, A_t, D, xz + di, 2 * di, seg, tok, h0, hlast, y,
+                                  s, k, T, di, n, r, nthreads);
+    if (!st) st = vlinear_f32(y, T, di, w_out, C, 0, 0, 0, 0.0f, 0, x, x1);
+    if (!st) st = vlinear_f32(x1, T, C, w_fc1, hidden, b_fc1, ln2_w, ln2_b, eps2, 1, 0, h);
+    if (!st) st = vlinear_f32(h, T, hidden, w_fc2, C, b_fc2, 0, 0, 0.0f, 0, x1, out);
+    free(buf);
+    return st;
+}
+"""
+
+
 @dataclass(frozen=True)
 class PackedLinear:
     """An ``nn.Linear``'s weight in the kernel's layout (derived, never trained)."""
@@ -178,7 +213,23 @@ def _function():
     fn = lib.vlinear_f32
     fn.argtypes = [p, i64, i64, p, i64, p, p, p, ctypes.c_float, ctypes.c_int, p, p]
     fn.restype = ctypes.c_int
+    block = lib.vblock_f32
+    f32 = ctypes.c_float
+    block.argtypes = ([p, i64, i64, p, p, f32, p, i64, i64, p, p, i64, p, p, i64, p, p, p, i64, i64, p, p, p, p, p, p, p,
+                       p, p, f32, p, p, i64, p, p, p, ctypes.c_int])
+    block.restype = ctypes.c_int
     return fn
+
+
+def block_function():
+    """The compiled ``vblock_f32`` (a whole BiSTSSM block), or None when the kernel library is unavailable."""
+    return None if _function() is None else _function_lib().vblock_f32
+
+
+def _function_lib():
+    from vimcan_core.model import scan_cpu
+
+    return scan_cpu.load_kernel()
 
 
 def available(x: Tensor) -> bool:

@@ -523,12 +523,13 @@ static inline double softplus_f64(double x) { return x > 20.0 ? x : log1p(exp(x)
 
 
 def _source() -> str:
-    from vimcan_core.model.linear_cpu import LINEAR_SOURCE  # the live step's small products (float32 only)
+    from vimcan_core.model.linear_cpu import BLOCK_SOURCE, LINEAR_SOURCE  # the live step's blocks (float32 only)
 
     parts = [_HEADER, f"#define MAXN {MAX_STATE}\n#define LANES {LANES}\n", _FAST_EXP_F32, LINEAR_SOURCE]
     for real, suf, exp, softplus in (("float", "f32", "fast_expf", "fast_softplusf"), ("double", "f64", "exp", "softplus_f64")):
         for template in (_TEMPLATE, _CONV_TEMPLATE, _INFER_TEMPLATE):
             parts.append(template.replace("REAL", real).replace("SUF", suf).replace("EXP", exp).replace("SOFTPLUS", softplus))
+    parts.append(BLOCK_SOURCE)  # a whole BiSTSSM block, calling the float32 kernels above
     return "".join(parts)
 
 
