@@ -286,8 +286,8 @@ def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
 
 #: without gradients, a block's input is processed in slices of about this many elements
 INFERENCE_SLICE_ELEMENTS = 1 << 20
-#: a block on at most this many tokens (a live frame: 17 per person) runs its four linear layers
-#: through ``linear_cpu`` on the CPU; above it MKL's products (multi-threaded) are faster
+#: a block on at most this many tokens (a live frame: 17 per person) runs in one C call
+#: (``linear_cpu.block_function``) on the CPU; above it MKL's products (multi-threaded) are faster
 FUSED_MAX_TOKENS = 256
 
 
@@ -313,12 +313,12 @@ class BiSTSSM(nn.Module):
     Input and output Ns x L x C. ``bidirectional=False`` gives the causal variant, steppable.
 
     Without autograd on the CPU in float32, ``infer`` and ``step`` on at most ``FUSED_MAX_TOKENS``
-    tokens (a live frame) run the block's four linear layers through ``linear_cpu`` (weights packed
-    once, LayerNorms, GELU and residuals inside the calls); set ``fused_linear = False`` for
-    ``F.linear`` and separate ops (the same result to rounding).
+    tokens (a live frame) run the whole block in one C call (``linear_cpu.block_function``: weights
+    packed once); set ``fused_linear = False`` for the mixer's kernels with ``F.linear`` and separate
+    ops around them (the same result to rounding).
     """
 
-    #: take the ``linear_cpu`` path for a few tokens when it can run
+    #: take the one-call block kernel for a few tokens when it can run
     fused_linear: bool = True
 
     def __init__(self, dim: int, config: VimcanConfig, bidirectional: bool = True) -> None:
