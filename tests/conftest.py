@@ -28,3 +28,17 @@ def output_dir(request: pytest.FixtureRequest) -> Path:
     path = OUTPUT_ROOT / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU two threads are several times slower.
+
+    Modules whose tests run the network use it for every test with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,12 +37,7 @@ FRAMES = 120  # 4 s at 30 Hz
 SETTLED = 60  # frames after which the live measure has enough of them to be within a centimetre
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
