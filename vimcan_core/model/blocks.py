@@ -191,20 +191,13 @@ class SSMMixer(nn.Module):
             return y if order is None else y[:, torch.argsort(torch.tensor(order))]
         w = self._inference_weights()
         Ns, L, C = x.shape
-        xz = F.linear(x, w.in_proj).view(Ns * L, 2 * self.d_inner)  # T x 2Di: x, then the gate z
-        return F.linear(self.infer_between(xz, Ns, L, segments, order), w.out_proj).view(Ns, L, C)
-
-    def infer_between(self, xz: Tensor, rows: int, length: int, segments: tuple[int, ...] | None = None,
-                      order: tuple[int, ...] | None = None) -> Tensor:
-        """``infer`` between the two projections (inference-only path): xz T x 2Di, in_proj's output
-        for ``rows`` x ``length`` tokens (T = rows length) -> T x Di, the gated scan before out_proj."""
-        w = self._inference_weights()
         k, di = self.num_dirs, self.d_inner
-        offsets = _sequence_offsets(rows, length, segments, order)  # the T tokens as sequences
+        offsets = _sequence_offsets(Ns, L, segments, order)  # the T = Ns L tokens as sequences
+        xz = F.linear(x, w.in_proj).view(Ns * L, 2 * di)  # T x 2Di: x, then the gate z
         u, _ = scan_cpu.conv_silu(xz[:, :di], offsets, w.conv_weight, w.conv_bias, k)  # k x T x Di, in scan order
         xdbl = torch.bmm(u, w.x_proj_t)  # k x T x (R + 2N), in scan order
         y, _ = scan_cpu.gated_scan(u, xdbl, offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:])  # T x Di, token order
-        return y
+        return F.linear(y, w.out_proj).view(Ns, L, C)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         """Zero state for ``batch`` sequences (equals the zero padding of the causal conv)."""
@@ -224,23 +217,17 @@ class SSMMixer(nn.Module):
         if not self._fast_path_ok(x):
             return self.step_ref(x, state)
         w = self._inference_weights()
-        y, state = self.step_between(F.linear(x, w.in_proj), state)  # in_proj: Ns x 2Di, x then the gate z
-        return F.linear(y, w.out_proj), state
-
-    def step_between(self, xz: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
-        """``step`` between the two projections (inference-only path): xz Ns x 2Di, in_proj's output
-        -> Ns x Di, the gated scan before out_proj, and the new state."""
-        w = self._inference_weights()
-        Ns = xz.shape[0]
+        Ns, C = x.shape
         di = self.d_inner
         offsets = _sequence_offsets(Ns, 1, None)  # each token its own sequence, one step long
+        xz = F.linear(x, w.in_proj)  # Ns x 2Di: x, then the gate z
         u, conv = scan_cpu.conv_silu(
             xz[:, :di], offsets, w.conv_weight, w.conv_bias, 1, hist=state.conv, want_hist=True)  # 1 x Ns x Di, Ns x Di x (K - 1)
         xdbl = torch.mm(u[0], w.x_proj_t[0])  # Ns x (R + 2N)
         y, h = scan_cpu.gated_scan(
             u, xdbl[None], offsets, w.dt_proj_t, w.dt_bias, w.A_t, w.D, xz[:, di:], h0=state.ssm, want_last=True,
         )  # Ns x Di, Ns x N x Di
-        return y, SSMState(conv=conv, ssm=h)
+        return F.linear(y, w.out_proj), SSMState(conv=conv, ssm=h)
 
     def step_ref(self, x: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
         """One time step of the causal mixer in plain PyTorch (the reference for ``step``)."""
