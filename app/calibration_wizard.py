@@ -48,6 +48,7 @@ from app.views.palette import ERROR_RGB, OK_RGB, WARN_RGB, hex_rgb
 from app.widgets.body_sites import BodySitesWidget, SkeletonSketch
 from sensors.device import Device, DeviceKind, DeviceState
 from sensors.samples import ImuSample, KeypointFrame
+from vimcan_core.body_scale import MAX_HEIGHT_M, height_from_cm
 from vimcan_core.calibration import (
     HEADING_POSE_INSTRUCTIONS,
     HeadingMethod,
@@ -66,7 +67,6 @@ from vimcan_core.calibration_profile import (
     remember_last_profile,
     save_profile,
 )
-from vimcan_core.body_scale import MAX_HEIGHT_M
 from vimcan_core.camera import PinholeCamera
 from vimcan_core.errors import CalibrationError, VimcanError
 from vimcan_core.performer import PerformerPrompt
@@ -755,8 +755,9 @@ class SavePage(_Page):
 
     @property
     def height_m(self) -> float | None:
-        """The height typed in, metres; None when unknown."""
-        return None if self.height.value() == 0 else self.height.value() / 100.0
+        """The height typed in, metres; None when unknown. Raises ``VimcanError`` (in centimetres)
+        for a height that is no person's."""
+        return None if self.height.value() == 0 else height_from_cm(self.height.value(), "Performer height")
 
     def validatePage(self) -> bool:  # noqa: N802 - Qt override
         try:
