@@ -2,11 +2,11 @@
 
 The network sees normalised 2D keypoints and bone orientations, neither of which tells a small
 person near the camera from a tall one further away, so the size of its skeleton is a guess
-(on the validation subjects the per-clip size is off by 2.5-3 % on average; body scale is
-~3.5 mm of the P1 error). A motion-capture user knows the performer's height: given it, the
-predicted joints are scaled about the pelvis so that the skeleton the BVH writer builds from
-them (``bvh.writer.estimate_rest_pose``: median bone lengths, T-pose directions, ankles 8 cm
-above the floor) stands exactly that tall. The live pose stage and the offline re-solve use
+(on the validation subjects the per-clip size is off by 2.5-3 %). A motion-capture user knows
+the performer's height; given it, the predicted joints are scaled about the pelvis so that the
+skeleton the BVH writer builds from them (``bvh.writer.estimate_rest_pose``: median bone
+lengths, T-pose directions, ankles 8 cm above the floor) stands exactly that tall (validation
+P1 drops by 1.5-2.5 mm: ``vimcan eval --known-height``). The live pose stage and the offline re-solve use
 the same measure, so a take's live and re-solved BVH skeletons agree.
 
     scaled, factor = scale_to_height(joints_m, 1.78)          # a whole take (re-solve, eval)
