@@ -335,8 +335,9 @@ class BiSTSSM(nn.Module):
 
     # --- inference on a few tokens: the whole block in one kernel call -------------------------
     def _fused_ok(self, x: Tensor, tokens: int) -> bool:
-        return (self.fused_linear and not self.training and tokens <= FUSED_MAX_TOKENS and self.mixer._fast_path_ok(x)
-                and linear_cpu.available(x))
+        # the mixer's check covers no autograd, the CPU and a built kernel; the block kernel is float32 only
+        return (self.fused_linear and not self.training and tokens <= FUSED_MAX_TOKENS and x.dtype == torch.float32
+                and self.mixer._fast_path_ok(x))
 
     def _packed(self) -> _PackedBlock:
         """Every weight of the block as the block kernel takes it, rebuilt when a parameter changed

@@ -21,9 +21,7 @@ The C source is compiled into the CPU kernel library (``scan_cpu``); float32 on 
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -205,41 +203,24 @@ def pack_linear(weight: Tensor, bias: Tensor | None = None) -> PackedLinear:
     return PackedLinear(panels, b, K, N)
 
 
-@lru_cache(maxsize=1)
-def _function():
-    """The compiled ``vlinear_f32`` with its argument types, or None when the kernel library is unavailable."""
-    from vimcan_core.model import scan_cpu
+def _lib():
+    """The kernel library (``scan_cpu.load_kernel``, which also declares these functions' argument
+    types), or None when it is unavailable."""
+    from vimcan_core.model import scan_cpu  # scan_cpu compiles this module's source: imported late
 
-    lib = scan_cpu.load_kernel()
-    if lib is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_long
-    fn = lib.vlinear_f32
-    fn.argtypes = [p, i64, i64, p, i64, p, p, p, ctypes.c_float, ctypes.c_int, p, p]
-    fn.restype = ctypes.c_int
-    block = lib.vblock_f32
-    f32 = ctypes.c_float
-    block.argtypes = ([p, i64, i64, p, p, f32, p, i64, i64, p, p, i64, p, p, i64, p, p, p, i64, i64, p, p, p, p, p, p, p,
-                       p, p, f32, p, p, i64, p, p, p, ctypes.c_int])
-    block.restype = ctypes.c_int
-    return fn
+    return scan_cpu.load_kernel()
 
 
 def block_function():
     """The compiled ``vblock_f32`` (a whole BiSTSSM block), or None when the kernel library is unavailable."""
-    return None if _function() is None else _function_lib().vblock_f32
-
-
-def _function_lib():
-    from vimcan_core.model import scan_cpu
-
-    return scan_cpu.load_kernel()
+    lib = _lib()
+    return None if lib is None else lib.vblock_f32
 
 
 def available(x: Tensor) -> bool:
     """True when ``linear`` can take ``x`` (float32 on the CPU, no autograd, kernel built)."""
     return (x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and _function() is not None)
+            and _lib() is not None)
 
 
 def linear(x: Tensor, packed: PackedLinear, norm: nn.LayerNorm | None = None, gelu: bool = False,
@@ -247,8 +228,8 @@ def linear(x: Tensor, packed: PackedLinear, norm: nn.LayerNorm | None = None, ge
     """``act(norm(x) W^T + b) + residual`` in one kernel call: x M x K float32 (rows contiguous after
     ``.contiguous()``), residual M x N, result M x N. ``norm``: a LayerNorm over K applied first;
     ``gelu``: exact GELU after the bias. Inference only (see ``available``)."""
-    fn = _function()
-    if fn is None:
+    lib = _lib()
+    if lib is None:
         raise RuntimeError("linear_cpu.linear needs the compiled CPU kernel, which is unavailable (see the log)")
     M, K = x.shape
     N = packed.out_features
@@ -267,7 +248,7 @@ def linear(x: Tensor, packed: PackedLinear, norm: nn.LayerNorm | None = None, ge
         ln_w = norm.weight.data_ptr()
         ln_b = None if norm.bias is None else norm.bias.data_ptr()
         eps = norm.eps
-    status = fn(x.data_ptr(), M, K, packed.panels_ptr, N, packed.bias_ptr, ln_w, ln_b, eps, 1 if gelu else 0,
+    status = lib.vlinear_f32(x.data_ptr(), M, K, packed.panels_ptr, N, packed.bias_ptr, ln_w, ln_b, eps, 1 if gelu else 0,
                 res_ptr, out.data_ptr())
     if status:
         raise MemoryError(f"linear_cpu.linear could not allocate its row buffer ({M} x {K} floats)")

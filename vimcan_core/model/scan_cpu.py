@@ -589,6 +589,12 @@ def load_kernel() -> ctypes.CDLL | None:
         getattr(lib, f"vcconv_silu_bwd_{suf}").argtypes = [p] * 7 + [i64] * 4 + [i32]
         getattr(lib, f"vcconv_silu_bwd_{suf}").restype = i32
         getattr(lib, f"vgated_scan_{suf}").restype = i32
+    f32 = ctypes.c_float  # the live step's float32-only kernels (linear_cpu)
+    lib.vlinear_f32.argtypes = [p, i64, i64, p, i64, p, p, p, f32, i32, p, p]
+    lib.vlinear_f32.restype = i32
+    lib.vblock_f32.argtypes = [p, i64, i64, p, p, f32, p, i64, i64, p, p, i64, p, p, i64, p, p, p, i64, i64,
+                               p, p, p, p, p, p, p, p, p, f32, p, p, i64, p, p, p, i32]
+    lib.vblock_f32.restype = i32
     return lib
 
 
