@@ -289,7 +289,7 @@ def body_size_text(source) -> str:
     """How big the live skeleton is drawn, for the status panel: the performer's height and the
     scale applied to the network's skeleton, or that the network's own guess is used."""
     if not hasattr(source, "set_performer_height"):
-        return "–"
+        return "the performer's own (ground truth)"
     height = getattr(source, "performer_height_m", None)
     if height is None:
         return "the network's guess (no performer height in the profile)"

@@ -442,10 +442,10 @@ class MainWindow(QtWidgets.QMainWindow):
         if self._model_text[0] is not source:  # counting parameters once per pose source
             self._model_text = (source, model_of(self.pipeline, self.settings))
         model = self._model_text[1]
+        body_size = body_size_text(source)
         pose = self._last_pose
         if pose is None:
-            return InferenceStatus(backend=backend, model=model, dropped_frames=dropped,
-                                   body_size=body_size_text(self.pipeline.pose_source))
+            return InferenceStatus(backend=backend, model=model, dropped_frames=dropped, body_size=body_size)
         health, detail = input_health(pose, self._last_synced)
         source_says = getattr(self.pipeline.pose_source, "status_message", None)  # the model stage's own words
         if health != InputHealth.ALL and source_says:
@@ -455,7 +455,7 @@ class MainWindow(QtWidgets.QMainWindow):
             health, detail = InputHealth.FROZEN, f"no pose for {age:.0f} s: pose frozen (are the devices connected?)"
         is_model = "ground truth" not in pose.source.lower()
         return InferenceStatus(
-            body_size=body_size_text(self.pipeline.pose_source) if is_model else "the performer's own (ground truth)",
+            body_size=body_size,
             source=pose.source, is_model=is_model, backend=backend, model=model, poses_per_s=b.poses_per_s,
             latency_median_ms=b.latency_median_ms, latency_p95_ms=b.latency_p95_ms, dropped_frames=dropped,
             ui_skipped_frames=b.gaps,
