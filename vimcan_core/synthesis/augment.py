@@ -21,7 +21,9 @@ def mirror(joints_world_m: np.ndarray, bone_quats: np.ndarray) -> tuple[np.ndarr
 
 
 def rotate_yaw(joints_world_m: np.ndarray, bone_quats: np.ndarray, angle_rad: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate the whole performance about world +Y through the origin."""
+    """Rotate the whole performance about world +Y through the origin. Training does not call it:
+    the model sees everything in the camera frame, where this is the same as the webcam's azimuth
+    about the performer, which ``webcam.random_webcam`` draws over the full circle."""
     r = yaw_quat(np.float64(angle_rad))
     return quat_rotate(r, joints_world_m), quat_normalize(quat_mul(r, bone_quats))
 
