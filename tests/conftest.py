@@ -42,3 +42,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh VIMCAN Studio config folder (profiles, last profile) for the test: ``$VIMCAN_CONFIG_DIR``."""
+    from vimcan_core.calibration_profile import ENV_CONFIG_DIR
+
+    monkeypatch.setenv(ENV_CONFIG_DIR, str(tmp_path / "config"))
+    return tmp_path / "config"

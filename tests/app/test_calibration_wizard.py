@@ -30,7 +30,6 @@ from app.calibration_wizard import (  # noqa: E402
 from sensors.simulated import SimCameraConfig, SimImuConfig, SimulatedCamera, SimulatedImu  # noqa: E402
 from vimcan_core.calibration import Calibration, HeadingMethod, heading_pose_local_quats  # noqa: E402
 from vimcan_core.calibration_profile import (  # noqa: E402
-    ENV_CONFIG_DIR,
     CalibrationProfile,
     load_last_profile,
     load_profile,
@@ -76,12 +75,6 @@ class SimRig:
     def stop(self) -> None:
         for d in self.devices:
             d.stop()
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(ENV_CONFIG_DIR, str(tmp_path / "config"))
-    return tmp_path / "config"
 
 
 def _shot(widget: QtWidgets.QWidget, output_dir: Path, name: str) -> Path:

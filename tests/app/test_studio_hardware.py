@@ -354,10 +354,7 @@ def test_real_drivers_from_no_devices_to_recording(qtbot, tmp_path, output_dir, 
     # need not match these 3 s of squats: 2-10 % off here), and the take's BVH skeleton, read back,
     # stands exactly that tall in its T-pose
     assert skeleton_height_m(poses.joints_m) == pytest.approx(PERFORMER_HEIGHT_M, rel=0.15)
-    bvh = read_bvh(folder / "take.bvh")
-    rest = np.zeros_like(bvh.offsets)  # the T-pose, joint positions
-    for j, p in enumerate(bvh.parents):
-        rest[j] = bvh.offsets[j] if p < 0 else rest[p] + bvh.offsets[j]
+    rest = read_bvh(folder / "take.bvh").rest_positions()  # the T-pose's joints and end sites
     standing = rest[:, 1].max() - rest[:, 1].min() + ANKLE_ABOVE_FLOOR_M  # head end site to the ankles' end sites
     assert standing == pytest.approx(PERFORMER_HEIGHT_M, abs=0.005)
     with open(folder / "raw.csv", newline="") as f:

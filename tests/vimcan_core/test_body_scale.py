@@ -28,7 +28,7 @@ from vimcan_core.body_scale import (
 )
 from vimcan_core.bvh.reader import read_bvh
 from vimcan_core.calibration import Calibration, SensorQuality
-from vimcan_core.calibration_profile import ENV_CONFIG_DIR, CalibrationProfile, ProfileError, load_profile, save_profile
+from vimcan_core.calibration_profile import CalibrationProfile, ProfileError, load_profile, save_profile
 from vimcan_core.errors import CalibrationError, VimcanError
 from vimcan_core.retarget import RetargetedClip, detect_unit_scale, resolve_mapping, retarget
 from vimcan_core.rotations import quat_rotate, random_quat
@@ -280,12 +280,6 @@ def test_live_scaler_rejects_a_bad_height() -> None:
 
 # --------------------------------------------------------------------------------------
 # where the height is kept: calibration profiles and take.json
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(ENV_CONFIG_DIR, str(tmp_path / "config"))
-    return tmp_path / "config"
 
 
 def _profile(height_m: float | None = None, name: str = "Studio B, Bob") -> CalibrationProfile:

@@ -10,7 +10,6 @@ import pytest
 
 from vimcan_core.calibration import Calibration, SensorQuality
 from vimcan_core.calibration_profile import (
-    ENV_CONFIG_DIR,
     CalibrationProfile,
     ProfileDevice,
     ProfileError,
@@ -28,11 +27,7 @@ from vimcan_core.errors import CalibrationError
 from vimcan_core.rotations import quat_angle, random_quat
 from vimcan_core.skeleton import IMU_SITE_NAMES, NUM_IMUS, ImuSite
 
-
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(ENV_CONFIG_DIR, str(tmp_path / "config"))
-    return tmp_path / "config"
+pytestmark = pytest.mark.usefixtures("config_dir")  # every test gets its own config folder (tests/conftest.py)
 
 
 def make_profile(name: str = "Studio A, Alice", missing: ImuSite | None = None, seed: int = 0) -> CalibrationProfile:
